@@ -1,0 +1,100 @@
+// Core: error kinds and messages, env parsing, log levels, the interrupt flag.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <cstdlib>
+
+#include "moetron/core/env.h"
+#include "moetron/core/error.h"
+#include "moetron/core/logging.h"
+#include "moetron/core/signals.h"
+
+namespace moetron {
+namespace {
+
+TEST(Error, CheckCarriesKindMessageAndLocation) {
+  try {
+    MOETRON_CHECK(1 + 1 == 3, "expected ", 3, " got ", 2);
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kRuntime);
+    EXPECT_NE(std::string(e.what()).find("expected 3 got 2"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("test_core.cpp:"), std::string::npos);
+  }
+}
+
+TEST(Error, ConfigCheckHasNoSourceLocation) {
+  try {
+    MOETRON_CHECK_CONFIG(false, "train.steps must be positive, got ", -1);
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_STREQ(e.what(), "train.steps must be positive, got -1");
+  }
+}
+
+TEST(Env, IntegerParsingAndRank) {
+  ::setenv("MOETRON_TEST_INT", "17", 1);
+  EXPECT_EQ(env::get_int("MOETRON_TEST_INT"), 17);
+  ::setenv("MOETRON_TEST_INT", "17x", 1);
+  EXPECT_THROW(env::get_int("MOETRON_TEST_INT"), Error);
+  ::unsetenv("MOETRON_TEST_INT");
+  EXPECT_FALSE(env::get_int("MOETRON_TEST_INT").has_value());
+  ::setenv("RANK", "3", 1);
+  EXPECT_EQ(env::rank(), 3);
+  ::unsetenv("RANK");
+  ::setenv("SLURM_PROCID", "5", 1);
+  EXPECT_EQ(env::rank(), 5);
+  ::unsetenv("SLURM_PROCID");
+  EXPECT_EQ(env::rank(), 0);
+}
+
+TEST(Logging, LevelsParseAndFilter) {
+  EXPECT_EQ(log::parse_level("debug"), log::Level::kDebug);
+  EXPECT_EQ(log::level_name(log::Level::kWarn), "warn");
+  try {
+    log::parse_level("verbose", "log.level");
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("log.level: unknown log level 'verbose'"),
+              std::string::npos);
+  }
+  log::set_level(log::Level::kWarn);
+  EXPECT_FALSE(log::enabled(log::Level::kInfo));
+  EXPECT_TRUE(log::enabled(log::Level::kError));
+  log::set_level(log::Level::kInfo);
+}
+
+TEST(Logging, FileSinkReceivesLinesWithRank) {
+  const std::string path = ::testing::TempDir() + "moetron_log_test.txt";
+  std::remove(path.c_str());
+  log::set_rank(2);
+  log::add_file(path);
+  log::info("hello ", 42);
+  log::flush();
+  log::remove_files();
+  log::set_rank(0);
+  FILE* f = std::fopen(path.c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  char buf[512] = {0};
+  size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  std::string text(buf, n);
+  EXPECT_NE(text.find("[info] [rank 2] hello 42"), std::string::npos) << text;
+}
+
+TEST(Signals, InterruptSetsFlag) {
+  signals::reset();
+  signals::install_interrupt_handlers();
+  EXPECT_FALSE(signals::interrupt_requested());
+  std::raise(SIGTERM);
+  EXPECT_TRUE(signals::interrupt_requested());
+  EXPECT_EQ(signals::interrupt_signal(), SIGTERM);
+  signals::reset();
+  std::signal(SIGTERM, SIG_DFL);
+  std::signal(SIGINT, SIG_DFL);
+}
+
+}  // namespace
+}  // namespace moetron
