@@ -98,3 +98,63 @@ TEST(Signals, InterruptSetsFlag) {
 
 }  // namespace
 }  // namespace moetron
+
+#include <filesystem>
+
+#include "moetron/core/run_dir.h"
+
+namespace moetron {
+namespace {
+
+std::string fresh_dir(const std::string& tag) {
+  auto p = std::filesystem::path(::testing::TempDir()) / ("moetron_rundir_" + tag);
+  std::filesystem::remove_all(p);
+  return p.string();
+}
+
+TEST(RunDir, CreatesLayoutAndWritesConfig) {
+  const auto parent = fresh_dir("create");
+  RunDir run = open_run_dir(parent, "exp1", "a: 1\n", false);
+  EXPECT_FALSE(run.existed);
+  EXPECT_TRUE(std::filesystem::is_directory(run.checkpoints));
+  EXPECT_EQ(read_file(run.config_path), "a: 1\n");
+  RunDir again = open_run_dir(parent, "exp1", "a: 1\n", false);
+  EXPECT_TRUE(again.existed);
+}
+
+TEST(RunDir, DifferentConfigIsRefusedUnlessResuming) {
+  const auto parent = fresh_dir("conflict");
+  open_run_dir(parent, "exp", "a: 1\n", false);
+  try {
+    open_run_dir(parent, "exp", "a: 2\n", false);
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("belongs to a different config"), std::string::npos);
+  }
+  EXPECT_EQ(read_file(parent + "/exp/config.yaml"), "a: 1\n");  // untouched by the failure
+  RunDir run = open_run_dir(parent, "exp", "a: 2\n", true);
+  EXPECT_EQ(read_file(run.config_path), "a: 2\n");
+  EXPECT_EQ(read_file(parent + "/exp/config.1.yaml"), "a: 1\n");  // nothing lost
+}
+
+TEST(RunDir, RejectsPathLikeNames) {
+  EXPECT_THROW(open_run_dir(fresh_dir("bad"), "../x", "", false), Error);
+  EXPECT_THROW(open_run_dir(fresh_dir("bad"), "", "", false), Error);
+}
+
+TEST(WriteFileAtomic, ReplacesContentAndLeavesNoTemporary) {
+  const auto dir = fresh_dir("atomic");
+  std::filesystem::create_directories(dir);
+  const auto path = dir + "/f.txt";
+  write_file_atomic(path, "one");
+  write_file_atomic(path, "two");
+  EXPECT_EQ(read_file(path), "two");
+  int files = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir)) files += e.is_regular_file();
+  EXPECT_EQ(files, 1);
+  EXPECT_THROW(write_file_atomic(dir + "/missing/f.txt", "x"), Error);
+}
+
+}  // namespace
+}  // namespace moetron
