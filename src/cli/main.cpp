@@ -61,6 +61,18 @@ int run(int argc, char** argv) {
     sub->callback([&selected, run_command] { selected = run_command; });
   }
   std::vector<std::string> args = rewrite_overrides(argc, argv);
+  // CLI11 would call a misspelt command "a missing subcommand"; name it instead.
+  if (!args.empty() && !args.back().empty() && args.back()[0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const Command& command : commands()) {
+      known = known || args.back() == command.name;
+      names += (names.empty() ? "" : ", ") + std::string(command.name);
+    }
+    if (!known) {
+      return report("unknown command '" + args.back() + "' (commands: " + names + ")", kExitUsage);
+    }
+  }
   try {
     app.parse(args);
   } catch (const CLI::CallForHelp& e) {

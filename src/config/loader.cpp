@@ -247,7 +247,8 @@ class ApplyVisitor {
                             const std::string& message) const {
     std::string where = source_.name;
     if (source_.has_marks) {
-      YAML::Mark mark = at.Mark();
+      // An empty value ("key:") is null and yaml-cpp marks it at the next token; point at the key.
+      YAML::Mark mark = at.IsNull() ? YAML::Mark::null_mark() : at.Mark();
       if (mark.is_null() && e.key_node.IsDefined()) mark = e.key_node.Mark();
       if (!mark.is_null()) where = str_cat(where, ":", mark.line + 1, ":", mark.column + 1);
     }

@@ -20,7 +20,7 @@ void visit_rope_scaling(R& r, V& v) {
   v.field("beta_slow", r.beta_slow, Info("YaRN low-frequency boundary (rotations).").gt(0));
   v.field("mscale", r.mscale, Info("YaRN attention-scale coefficient.").min(0));
   v.field("mscale_all_dim", r.mscale_all_dim,
-          Info("YaRN coefficient applied to the softmax scale (mscale^2 when equal).").min(0));
+          Info("YaRN coefficient of the softmax-scale correction.").min(0));
 }
 
 template <class M, class V>
