@@ -1,6 +1,7 @@
 // Typed configuration: one struct per YAML section. Model fields keep the HF DeepseekV3Config
 // names so a config.json maps one to one (SPEC 4.1). Loading, overrides, validation and
-// dumping live in loader.h; field metadata (docs, ranges) is declared next to each struct.
+// dumping live in loader.h; each field's doc, range and choices are in src/config/schema.h
+// (add a new member there too, or it is neither loaded, dumped nor documented).
 #pragma once
 
 #include <cstdint>

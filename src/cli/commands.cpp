@@ -1,0 +1,20 @@
+// The list of commands shown by `moetron --help`; add a line here when a command works.
+#include "command.h"
+
+namespace moetron::cli {
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> all = {
+      {"config", "Print the resolved config (or the config reference) and check it", setup_config},
+  };
+  return all;
+}
+
+void add_config_args(CLI::App& app, const std::shared_ptr<ConfigArgs>& args, bool required) {
+  auto* path = app.add_option("config", args->path, "Config YAML file (see docs/config.md)");
+  if (required) path->required();
+  app.add_option("overrides", args->overrides,
+                 "Overrides key.sub=value or --key.sub=value (value read as YAML), applied last");
+}
+
+}  // namespace moetron::cli
