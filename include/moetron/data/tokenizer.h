@@ -16,9 +16,10 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
-  // Token ids of `text` (valid UTF-8, else moetron::Error naming the byte offset). With
-  // add_special_tokens the tokenizer's template adds its special tokens (e.g. a BOS).
-  // Special-token strings inside `text` become their ids. Safe to call from several threads.
+  // Token ids of `text`. With add_special_tokens the tokenizer's template adds its special
+  // tokens (e.g. a BOS). Special-token strings inside `text` become their ids. HfTokenizer needs
+  // valid UTF-8 (else moetron::Error naming the byte offset; see utf8_lossy); ByteTokenizer takes
+  // any bytes. Safe to call from several threads.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const = 0;
   // Text of `ids`; byte runs that are not valid UTF-8 decode to U+FFFD (one per maximal invalid
   // subpart, as HF does). Ids outside the vocabulary are skipped, as HF does.
