@@ -7,7 +7,7 @@ python=$1
 out=$2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # Pinned peers: the fixtures are only as reproducible as these versions.
-peers=(transformers==5.24.0 safetensors==0.8.0)
+peers=(transformers==5.24.0 safetensors==0.8.0 tokenizers==0.23.3)
 
 missing=()
 for spec in "${peers[@]}"; do
@@ -28,11 +28,17 @@ fi
 echo "[fixtures] generating into $out" >&2
 rm -rf "$out.partial"
 mkdir -p "$out.partial"
-export PYTHONHASHSEED=0 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+export PYTHONHASHSEED=0 OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export HF_HUB_DISABLE_PROGRESS_BARS=1
 if ! "$python" "$here/fixtures/hf_deepseek_v3.py" --out "$out.partial/hf" >"$out.partial/log.txt" 2>&1; then
   cat "$out.partial/log.txt" >&2
   echo "[fixtures] error: scripts/fixtures/hf_deepseek_v3.py failed (log above)" >&2
+  exit 1
+fi
+if ! "$python" "$here/fixtures/hf_tokenizers.py" --out "$out.partial/tokenizers" \
+    >>"$out.partial/log.txt" 2>&1; then
+  cat "$out.partial/log.txt" >&2
+  echo "[fixtures] error: scripts/fixtures/hf_tokenizers.py failed (log above)" >&2
   exit 1
 fi
 printf '%s' "$stamp" >"$out.partial/.stamp"

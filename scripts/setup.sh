@@ -2,7 +2,7 @@
 # Installs moetron's dependencies and builds it. Idempotent: a second run with nothing changed
 # only checks and runs an incremental build.
 #   Debian packages  : compilers' libraries (yaml-cpp, spdlog, fmt, nlohmann-json, CLI11, PCRE2,
-#                      GoogleTest), ninja and ccache, installed only when missing.
+#                      ICU, GoogleTest), ninja and ccache, installed only when missing.
 #   LibTorch         : PyPI torch==$MOETRON_TORCH_VERSION in a venv under $MOETRON_CACHE (outside
 #                      the repo, keyed by version) so clean clones reuse it.
 #   Build            : CMake + Ninja in build/ (MOETRON_BUILD_DIR), ccache in $MOETRON_CACHE/ccache.
@@ -25,7 +25,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 # ---- Debian packages ---------------------------------------------------------------------
 debs=(build-essential cmake ninja-build ccache pkg-config python3-venv
       libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
-      libgtest-dev libgmock-dev)
+      libicu-dev libgtest-dev libgmock-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
