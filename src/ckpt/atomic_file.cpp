@@ -2,6 +2,7 @@
 #include "moetron/ckpt/atomic_file.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -92,6 +93,21 @@ void fsync_directory(const std::string& dir) {
   // Some filesystems refuse fsync on directories (EINVAL); the rename itself already happened.
   if (rc != 0 && err != EINVAL) {
     throw Error(str_cat(dir, ": fsync of directory failed: ", std::strerror(err)));
+  }
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw Error(str_cat(path, ": cannot stat for removal: ", std::strerror(errno)));
+  }
+  // Depth-first, without crossing symlinks, so children go before their directory.
+  auto remove_one = [](const char* p, const struct stat*, int, struct FTW*) -> int {
+    return ::remove(p) == 0 || errno == ENOENT ? 0 : -1;
+  };
+  if (::nftw(path.c_str(), remove_one, 64, FTW_DEPTH | FTW_PHYS) != 0) {
+    throw Error(str_cat(path, ": removing the directory tree failed: ", std::strerror(errno)));
   }
 }
 

@@ -360,10 +360,10 @@ class TempDir : public ::testing::Test {
     dir_ = fs::temp_directory_path() /
            ("moetron_st_" + std::to_string(::getpid()) + "_" +
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+    remove_tree(dir_.string());
     fs::create_directories(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { remove_tree(dir_.string()); }
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
   static void write(const std::string& p, const Bytes& b) {
     std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), b.size());

@@ -42,6 +42,12 @@ void write_file_atomic(const std::string& path, std::string_view contents);
 // fsync a directory so a rename inside it survives a crash.
 void fsync_directory(const std::string& dir);
 
+// Removes `path` and everything below it (symlinks are removed, not followed); a missing path
+// is not an error. Use this instead of std::filesystem::remove_all in anything linked with
+// LibTorch: the 2.11 wheel's libtorch.so exports its own broken copy of remove_all, which
+// wins symbol resolution and jumps to a null pointer.
+void remove_tree(const std::string& path);
+
 // Reads a whole (small) file; throws naming the path.
 std::string read_text_file(const std::string& path);
 
