@@ -264,6 +264,12 @@ HfConfigInfo parse_hf_config(const std::string& json_text, const std::string& so
     r.fail("head_dim", str_cat("HF sizes RoPE by head_dim: expected ", a.qk_rope_head_dim,
                                " (qk_rope_head_dim), got ", head_dim));
   }
+  int64_t qk_head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
+  r.read("qk_head_dim", qk_head_dim, false, 1);  // derived field transformers v5 writes
+  if (qk_head_dim != a.qk_nope_head_dim + a.qk_rope_head_dim) {
+    r.fail("qk_head_dim", str_cat("expected qk_nope_head_dim + qk_rope_head_dim = ",
+                                  a.qk_nope_head_dim + a.qk_rope_head_dim, ", got ", qk_head_dim));
+  }
   r.require("rope_interleave", true,
             "HF's half-split RoPE is a different model for DeepSeek weights, SPEC 1.4");
 
@@ -314,7 +320,8 @@ HfConfigInfo parse_hf_config(const std::string& json_text, const std::string& so
   r.require("attention_dropout", 0.0, "moetron does not implement attention dropout");
   r.require("pretraining_tp", 1, "tensor-parallel slicing of the output layer is not implemented");
   info.torch_dtype = r.string("torch_dtype");
-  if (info.torch_dtype.empty()) info.torch_dtype = r.string("dtype");  // transformers v5 name
+  const std::string dtype_v5 = r.string("dtype");  // transformers v5 renamed torch_dtype
+  if (info.torch_dtype.empty()) info.torch_dtype = dtype_v5;
   if (const json* q = r.take("quantization_config")) {
     parse_quantization(*q, r);
     info.fp8 = true;

@@ -5,7 +5,9 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "moetron/ckpt/atomic_file.h"
 #include "moetron/ckpt/hf_checkpoint.h"
@@ -167,6 +169,8 @@ TEST(HfConfig, AlternativeSpellings) {
                   .config.model.rope_scaling.has_value());
   EXPECT_FALSE(parse_hf_config(with("\"q_lora_rank\": null", "\"q_lora_rank\": 0"), "x")
                    .config.mla.q_lora_rank.has_value());
+  EXPECT_EQ(parse_hf_config(with("\"use_cache\": true", "\"dtype\": \"float32\""), "x").torch_dtype,
+            "bfloat16");
   EXPECT_EQ(parse_hf_config(with("\"eos_token_id\": 100001", "\"eos_token_id\": [7, 8]"), "x")
                 .config.model.eos_token_id,
             7);
@@ -216,6 +220,7 @@ TEST(HfConfig, RefusesFieldsThatChangeTheMath) {
   expect_refused("\"hidden_size\": 7168,", "", "hidden_size: missing");
   expect_refused("\"vocab_size\": 129280", "\"vocab_size\": 1.5",
                  "vocab_size: expected an integer");
+  expect_refused("\"use_cache\": true", "\"qk_head_dim\": 128", "qk_head_dim: expected");
   expect_refused("\"seq_aux\": true", "\"seq_aux\": false", "seq_aux");
   expect_refused("\"n_group\": 8,", "\"n_group\": 8, \"n_group\": 4,", "duplicate key 'n_group'");
 }
@@ -424,6 +429,55 @@ TEST_F(HfDir, NeverClobbersUnlessAsked) {
       save_hf_checkpoint(path("dup"), cfg, {{"w", torch::ones({1})}, {"w", torch::ones({1})}}),
       Error);
   EXPECT_FALSE(fs::exists(path("dup")));
+}
+
+// Optional: HF transformers (when the torch venv has it) loads the config.json we write as a
+// DeepseekV3Config with the values we meant, RoPE parameters included.
+TEST_F(HfDir, TransformersLoadsWrittenConfig) {
+  std::string python;
+  if (const char* env = std::getenv("MOETRON_TEST_PYTHON")) {
+    python = env;
+  } else {
+    std::ifstream venv(std::string(MOETRON_SOURCE_DIR) + "/.moetron-venv");
+    std::string dir;
+    if (venv >> dir) python = dir + "/bin/python";
+  }
+  if (python.empty() || !fs::exists(python) ||
+      std::system((python + " -c 'import transformers' >/dev/null 2>&1").c_str()) != 0) {
+    GTEST_SKIP() << "transformers not importable from the venv";
+  }
+  auto cfg = parse_hf_config(kV3Json, "v3").config;
+  cfg.model.rope_scaling->mscale = 0.707;  // a value distinguishable from the defaults
+  save_hf_checkpoint(path("hf"), cfg, {{"model.norm.weight", torch::ones({4})}});
+  write_file_atomic(path("check.py"), R"(import sys
+from transformers import AutoConfig
+c = AutoConfig.from_pretrained(sys.argv[1])
+assert type(c).__name__ == "DeepseekV3Config", type(c)
+assert c.model_type == "deepseek_v3"
+assert c.num_attention_heads == 128 and c.num_key_value_heads == 128
+assert c.head_dim == 64 and c.qk_rope_head_dim == 64 and c.qk_nope_head_dim == 128
+assert c.v_head_dim == 128 and c.q_lora_rank == 1536 and c.kv_lora_rank == 512
+assert c.rope_interleave is True
+assert (c.n_routed_experts, c.n_shared_experts, c.num_experts_per_tok) == (256, 1, 8)
+assert (c.n_group, c.topk_group, c.first_k_dense_replace) == (8, 4, 3)
+assert c.routed_scaling_factor == 2.5 and c.norm_topk_prob is True
+assert c.vocab_size == 129280 and c.hidden_size == 7168 and c.moe_intermediate_size == 2048
+assert c.max_position_embeddings == 163840 and c.rms_norm_eps == 1e-6
+rope = getattr(c, "rope_parameters", None) or {}
+if not rope or "factor" not in rope:
+    rope = dict(c.rope_scaling or {}, rope_theta=getattr(c, "rope_theta", None))
+assert rope.get("rope_type", rope.get("type")) == "yarn", rope
+assert rope["factor"] == 40 and rope["mscale"] == 0.707 and rope["mscale_all_dim"] == 1.0, rope
+assert rope["original_max_position_embeddings"] == 4096 and rope["rope_theta"] == 10000, rope
+c.save_pretrained(sys.argv[2])
+)");
+  const std::string cmd =
+      python + " " + path("check.py") + " " + path("hf") + " " + path("resaved");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  // And what transformers writes back (its own spelling, e.g. v5's rope_parameters) reads as
+  // the same model.
+  const auto back = read_hf_config(path("resaved/config.json"));
+  expect_same(cfg, back.config);
 }
 
 }  // namespace
