@@ -12,7 +12,7 @@
 #include <functional>
 #include <set>
 
-#include "moetron/ckpt/atomic_file.h"
+#include "moetron/core/files.h"
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
 #include "strict_json.h"

@@ -3,7 +3,7 @@
 
 #include <cstring>
 
-#include "moetron/ckpt/atomic_file.h"
+#include "moetron/core/files.h"
 #include "moetron/core/error.h"
 
 namespace moetron::ckpt {

@@ -1,61 +1,14 @@
-// Run directory creation and the atomic small-file writer used for configs and pointers.
+// Run directory creation: layout, config.yaml ownership check, nothing overwritten.
 #include "moetron/core/run_dir.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "moetron/core/error.h"
+#include "moetron/core/files.h"
 
 namespace fs = std::filesystem;
 
 namespace moetron {
-namespace {
-
-void fsync_path(const std::string& path, bool directory) {
-  int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
-  if (fd < 0) throw Error(str_cat("cannot open ", path, " to sync: ", std::strerror(errno)));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw Error(str_cat("fsync of ", path, " failed: ", std::strerror(errno)));
-}
-
-}  // namespace
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(str_cat("cannot read ", path, ": ", std::strerror(errno)));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = str_cat(path, ".tmp.", ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(str_cat("cannot write ", tmp, ": ", std::strerror(errno)));
-    out << text;
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw Error(str_cat("writing ", tmp, " failed: ", std::strerror(errno)));
-    }
-  }
-  fsync_path(tmp, false);
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw Error(str_cat("cannot rename ", tmp, " to ", path, ": ", ec.message()));
-  }
-  fsync_path(fs::absolute(path).parent_path().string(), true);
-}
 
 RunDir open_run_dir(const std::string& parent, const std::string& name,
                     const std::string& config_yaml, bool resuming) {
@@ -75,7 +28,7 @@ RunDir open_run_dir(const std::string& parent, const std::string& name,
   if (ec) throw Error(str_cat("cannot create run directory ", run.root, ": ", ec.message()));
 
   if (run.existed) {
-    const std::string old = read_file(run.config_path);
+    const std::string old = read_text_file(run.config_path);
     if (old == config_yaml) return run;
     if (!resuming) {
       throw Error(ErrorKind::kConfig,

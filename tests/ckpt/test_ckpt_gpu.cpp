@@ -6,7 +6,7 @@
 
 #include <filesystem>
 
-#include "moetron/ckpt/atomic_file.h"
+#include "moetron/core/files.h"
 #include "moetron/ckpt/hf_checkpoint.h"
 #include "moetron/ckpt/safetensors.h"
 

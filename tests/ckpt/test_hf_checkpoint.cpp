@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "moetron/ckpt/atomic_file.h"
+#include "moetron/core/files.h"
 #include "moetron/ckpt/hf_checkpoint.h"
 #include "moetron/core/error.h"
 

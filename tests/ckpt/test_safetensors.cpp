@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "moetron/ckpt/atomic_file.h"
+#include "moetron/core/files.h"
 #include "moetron/ckpt/safetensors.h"
 #include "moetron/core/error.h"
 

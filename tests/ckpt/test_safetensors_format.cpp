@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "moetron/ckpt/atomic_file.h"
+#include "moetron/core/files.h"
 #include "moetron/ckpt/safetensors_format.h"
 #include "moetron/core/error.h"
 

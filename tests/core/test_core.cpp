@@ -101,6 +101,7 @@ TEST(Signals, InterruptSetsFlag) {
 
 #include <filesystem>
 
+#include "moetron/core/files.h"
 #include "moetron/core/run_dir.h"
 
 namespace moetron {
@@ -117,7 +118,7 @@ TEST(RunDir, CreatesLayoutAndWritesConfig) {
   RunDir run = open_run_dir(parent, "exp1", "a: 1\n", false);
   EXPECT_FALSE(run.existed);
   EXPECT_TRUE(std::filesystem::is_directory(run.checkpoints));
-  EXPECT_EQ(read_file(run.config_path), "a: 1\n");
+  EXPECT_EQ(read_text_file(run.config_path), "a: 1\n");
   RunDir again = open_run_dir(parent, "exp1", "a: 1\n", false);
   EXPECT_TRUE(again.existed);
 }
@@ -132,10 +133,10 @@ TEST(RunDir, DifferentConfigIsRefusedUnlessResuming) {
     EXPECT_EQ(e.kind(), ErrorKind::kConfig);
     EXPECT_NE(std::string(e.what()).find("belongs to a different config"), std::string::npos);
   }
-  EXPECT_EQ(read_file(parent + "/exp/config.yaml"), "a: 1\n");  // untouched by the failure
+  EXPECT_EQ(read_text_file(parent + "/exp/config.yaml"), "a: 1\n");  // untouched by the failure
   RunDir run = open_run_dir(parent, "exp", "a: 2\n", true);
-  EXPECT_EQ(read_file(run.config_path), "a: 2\n");
-  EXPECT_EQ(read_file(parent + "/exp/config.1.yaml"), "a: 1\n");  // nothing lost
+  EXPECT_EQ(read_text_file(run.config_path), "a: 2\n");
+  EXPECT_EQ(read_text_file(parent + "/exp/config.1.yaml"), "a: 1\n");  // nothing lost
 }
 
 TEST(RunDir, RejectsPathLikeNames) {
@@ -149,7 +150,7 @@ TEST(WriteFileAtomic, ReplacesContentAndLeavesNoTemporary) {
   const auto path = dir + "/f.txt";
   write_file_atomic(path, "one");
   write_file_atomic(path, "two");
-  EXPECT_EQ(read_file(path), "two");
+  EXPECT_EQ(read_text_file(path), "two");
   int files = 0;
   for (auto& e : std::filesystem::directory_iterator(dir)) files += e.is_regular_file();
   EXPECT_EQ(files, 1);

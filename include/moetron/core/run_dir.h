@@ -24,8 +24,4 @@ struct RunDir {
 RunDir open_run_dir(const std::string& parent, const std::string& name,
                     const std::string& config_yaml, bool resuming);
 
-// Writes `text` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
-void write_file_atomic(const std::string& path, const std::string& text);
-std::string read_file(const std::string& path);
-
 }  // namespace moetron

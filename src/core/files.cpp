@@ -1,5 +1,5 @@
 // AtomicFileWriter: temp file + fsync + rename + directory fsync.
-#include "moetron/ckpt/atomic_file.h"
+#include "moetron/core/files.h"
 
 #include <fcntl.h>
 #include <ftw.h>
@@ -15,7 +15,7 @@
 
 #include "moetron/core/error.h"
 
-namespace moetron::ckpt {
+namespace moetron {
 
 namespace {
 std::string parent_dir(const std::string& path) {
@@ -120,4 +120,4 @@ std::string read_text_file(const std::string& path) {
   return ss.str();
 }
 
-}  // namespace moetron::ckpt
+}  // namespace moetron

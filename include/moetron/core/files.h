@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-namespace moetron::ckpt {
+namespace moetron {
 
 class AtomicFileWriter {
  public:
@@ -51,4 +51,4 @@ void remove_tree(const std::string& path);
 // Reads a whole (small) file; throws naming the path.
 std::string read_text_file(const std::string& path);
 
-}  // namespace moetron::ckpt
+}  // namespace moetron
