@@ -35,5 +35,8 @@ void add_config_args(CLI::App& app, const std::shared_ptr<ConfigArgs>& args, boo
 
 // Commands (one file each).
 Run setup_config(CLI::App& app);
+Run setup_convert(CLI::App& app);
+Run setup_score(CLI::App& app);
+Run setup_tokenize(CLI::App& app);
 
 }  // namespace moetron::cli

@@ -6,6 +6,9 @@ namespace moetron::cli {
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
       {"config", "Print the resolved config (or the config reference) and check it", setup_config},
+      {"tokenize", "Encode JSONL text to token ids (or decode ids) with a tokenizer", setup_tokenize},
+      {"score", "Per-token log-probabilities and mean loss of token sequences", setup_score},
+      {"convert", "Check an HF DeepSeek checkpoint against the model and rewrite it", setup_convert},
   };
   return all;
 }
