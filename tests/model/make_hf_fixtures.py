@@ -12,31 +12,49 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers import (DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config,
+                          DeepseekV3ForCausalLM)
 
-# Must mirror the C++ configs in test_model_golden.cpp.
+V2_YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+           "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0,
+           "mscale": 0.707, "mscale_all_dim": 0.707}
+
+# Must mirror the C++ configs in test_model_golden.cpp. V2 cases use HF's DeepseekV2 (softmax
+# scoring, greedy / group_limited_greedy, no renormalisation, routed_scaling_factor applied).
 CASES = {
-    "yarn_qlora": dict(q_lora_rank=16, rope_parameters={
+    "v2_lite_greedy": ("v2", dict(q_lora_rank=None, topk_method="greedy", n_group=1, topk_group=1,
+                                  routed_scaling_factor=1.0, rope_parameters=V2_YARN)),
+    "v2_group_limited": ("v2", dict(q_lora_rank=16, topk_method="group_limited_greedy", n_group=4,
+                                    topk_group=1, routed_scaling_factor=16.0,
+                                    rope_parameters={"rope_type": "default",
+                                                     "rope_theta": 10000.0})),
+    "yarn_qlora": ("v3", dict(q_lora_rank=16, rope_parameters={
         "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
         "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0,
-        "mscale": 0.707, "mscale_all_dim": 0.707}),
-    "plain_no_qlora": dict(q_lora_rank=None, rope_parameters={
-        "rope_type": "default", "rope_theta": 10000.0}),
+        "mscale": 0.707, "mscale_all_dim": 0.707})),
+    "plain_no_qlora": ("v3", dict(q_lora_rank=None, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0})),
 }
 
 
-def make(case, extra, out_dir):
+def make(case, family, extra, out_dir):
     torch.manual_seed(1234)
-    cfg = DeepseekV3Config(
+    common = dict(
         vocab_size=61, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1,
-        n_routed_experts=8, routed_scaling_factor=2.5, kv_lora_rank=16, qk_rope_head_dim=4,
-        v_head_dim=8, qk_nope_head_dim=8, n_group=4, topk_group=2, num_experts_per_tok=2,
-        first_k_dense_replace=1, norm_topk_prob=True, max_position_embeddings=64,
-        rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False,
-        initializer_range=0.1, rope_interleave=True, **extra)
+        n_routed_experts=8, kv_lora_rank=16, qk_rope_head_dim=4, v_head_dim=8,
+        qk_nope_head_dim=8, num_experts_per_tok=2, first_k_dense_replace=1,
+        max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        attention_bias=False, initializer_range=0.1)
+    if family == "v3":
+        cfg = DeepseekV3Config(**common, routed_scaling_factor=2.5, n_group=4, topk_group=2,
+                               norm_topk_prob=True, rope_interleave=True, **extra)
+        cls = DeepseekV3ForCausalLM
+    else:
+        cfg = DeepseekV2Config(**common, norm_topk_prob=False, **extra)
+        cls = DeepseekV2ForCausalLM
     cfg._attn_implementation = "eager"
-    model = DeepseekV3ForCausalLM(cfg).float().eval()
+    model = cls(cfg).float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "layernorm" in name:
@@ -73,7 +91,7 @@ def make(case, extra, out_dir):
     data["loss"] = out.loss.reshape(1).float()
     data["logits_pos5"] = out_pos.logits.float().contiguous()
     os.makedirs(os.path.join(out_dir, "model"), exist_ok=True)
-    path = os.path.join(out_dir, "model", f"hf_deepseek_v3_{case}.safetensors")
+    path = os.path.join(out_dir, "model", f"hf_deepseek_{case}.safetensors")
     import transformers
     save_file(data, path, metadata={"transformers": transformers.__version__, "case": case})
     print(f"wrote {path}: {len(weights)} weights, loss {out.loss.item():.6f}")
@@ -81,5 +99,5 @@ def make(case, extra, out_dir):
 
 if __name__ == "__main__":
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "build/fixtures"
-    for case, extra in CASES.items():
-        make(case, extra, out_dir)
+    for case, (family, extra) in CASES.items():
+        make(case, family, extra, out_dir)

@@ -1,6 +1,6 @@
 // Golden: our DeepseekV3ForCausalLM loaded with HF-named weights reproduces HF transformers'
-// DeepseekV3 logits and loss in fp32 (fixtures from tests/model/make_hf_fixtures.py; skipped
-// when they have not been generated).
+// DeepseekV3 and DeepseekV2 (softmax / greedy / group-limited routing) logits and loss in fp32
+// (fixtures from tests/model/make_hf_fixtures.py; skipped when they have not been generated).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -44,15 +44,29 @@ std::unordered_map<std::string, torch::Tensor> read_safetensors(const std::strin
   return out;
 }
 
-config::Config golden_config(bool yarn_qlora) {
-  auto c = testing::tiny_config(yarn_qlora, 0);
-  if (yarn_qlora) {
-    config::RopeScaling y;
-    y.factor = 4.0;
-    y.original_max_position_embeddings = 16;
-    y.mscale = 0.707;
-    y.mscale_all_dim = 0.707;
-    c.model.rope_scaling = y;
+// Mirrors CASES in make_hf_fixtures.py.
+config::Config golden_config(const std::string& name) {
+  config::RopeScaling yarn;
+  yarn.factor = 4.0;
+  yarn.original_max_position_embeddings = 16;
+  yarn.mscale = 0.707;
+  yarn.mscale_all_dim = 0.707;
+  auto c = testing::tiny_config(name == "yarn_qlora" || name == "v2_group_limited", 0);
+  if (name == "yarn_qlora" || name == "v2_lite_greedy") c.model.rope_scaling = yarn;
+  if (name.rfind("v2_", 0) == 0) {
+    c.moe.scoring_func = config::ScoringFunc::kSoftmax;
+    c.moe.norm_topk_prob = false;
+  }
+  if (name == "v2_lite_greedy") {
+    c.moe.topk_method = config::TopkMethod::kGreedy;
+    c.moe.n_group = 1;
+    c.moe.topk_group = 1;
+    c.moe.routed_scaling_factor = 1.0;
+  }
+  if (name == "v2_group_limited") {
+    c.moe.topk_method = config::TopkMethod::kGroupLimitedGreedy;
+    c.moe.topk_group = 1;  // K = 2 from one group: differs from greedy
+    c.moe.routed_scaling_factor = 16.0;
   }
   return c;
 }
@@ -62,7 +76,7 @@ class HfGolden : public ::testing::TestWithParam<const char*> {};
 TEST_P(HfGolden, LogitsAndLossMatchTransformers) {
   const std::string name = GetParam();
   const std::string path =
-      std::string(MOETRON_FIXTURE_DIR) + "/model/hf_deepseek_v3_" + name + ".safetensors";
+      std::string(MOETRON_FIXTURE_DIR) + "/model/hf_deepseek_" + name + ".safetensors";
   if (!std::ifstream(path).good()) {
     GTEST_SKIP() << "no fixture " << path << " (run tests/model/make_hf_fixtures.py)";
   }
@@ -72,7 +86,7 @@ TEST_P(HfGolden, LogitsAndLossMatchTransformers) {
     if (k.rfind("weight.", 0) == 0) weights.emplace(k.substr(7), v);
   }
   torch::manual_seed(0);
-  DeepseekV3ForCausalLM m(golden_config(name == std::string("yarn_qlora")));
+  DeepseekV3ForCausalLM m(golden_config(name));
   load_hf_tensors(m, weights);  // also proves the names line up exactly
   m->eval();
   auto ids = data.at("input_ids");
@@ -88,9 +102,32 @@ TEST_P(HfGolden, LogitsAndLossMatchTransformers) {
   EXPECT_LT((shifted - data.at("logits_pos5")).abs().max().item<double>(), 1e-5);
   // Routing must be non-trivial for this to mean anything.
   EXPECT_GE((out.expert_counts_ME > 0).sum().item<int64_t>(), 8);
+
+  // The case discriminates: a neighbouring rule on the same weights changes the logits
+  // (YaRN -> plain RoPE; group-limited -> greedy; otherwise the correction bias zeroed).
+  auto other = golden_config(name);
+  bool zero_bias = false;
+  if (other.model.rope_scaling) {
+    other.model.rope_scaling.reset();
+  } else if (other.moe.topk_method == config::TopkMethod::kGroupLimitedGreedy) {
+    other.moe.topk_method = config::TopkMethod::kGreedy;
+  } else {
+    zero_bias = true;
+  }
+  DeepseekV3ForCausalLM m2(other);
+  load_hf_tensors(m2, weights);
+  m2->eval();
+  if (zero_bias) {
+    torch::NoGradGuard g;
+    for (auto& l : m2->moe_layers()) l->gate->e_score_correction_bias.zero_();
+  }
+  auto alt = m2->forward(ids, {}, {}, {}, opt).logits_BTV;
+  EXPECT_GT((alt - data.at("logits")).abs().max().item<double>(), 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, HfGolden, ::testing::Values("yarn_qlora", "plain_no_qlora"));
+INSTANTIATE_TEST_SUITE_P(Cases, HfGolden,
+                         ::testing::Values("yarn_qlora", "plain_no_qlora", "v2_lite_greedy",
+                                           "v2_group_limited"));
 
 }  // namespace
 }  // namespace moetron::model

@@ -159,6 +159,10 @@ struct MoeCase {
   bool all_on_one;
 };
 
+void PrintTo(const MoeCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
 class GroupedExperts : public ::testing::TestWithParam<MoeCase> {};
 
 TEST_P(GroupedExperts, EqualNaiveLoopValuesAndGrads) {
