@@ -7,6 +7,7 @@
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
 #include "moetron/model/accounting.h"
+#include "moetron/model/losses.h"
 
 namespace moetron::model {
 
@@ -216,8 +217,9 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
   auto trunk = model(input_ids_BT, rope, segment_ids_BT);
   ForwardOutput out;
   out.hidden_BTD = trunk.hidden_BTD;
-  auto logits_BTV = logits(trunk.hidden_BTD);
-  if (options.return_logits) out.logits_BTV = logits_BTV;
+  const int64_t Dh = trunk.hidden_BTD.size(2);
+  if (options.return_logits) out.logits_BTV = logits(trunk.hidden_BTD);
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
 
   std::vector<torch::Tensor> counts = trunk.counts;
   std::vector<torch::Tensor> balance = trunk.balance_losses;
@@ -225,8 +227,13 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
   if (has_labels) {
     // Position i predicts labels[i+1] (HF shift).
     auto targets = labels_BT.narrow(1, 1, T - 1).reshape(-1);
-    out.main_loss =
-        cross_entropy(logits_BTV.narrow(1, 0, T - 1).reshape({-1, logits_BTV.size(2)}), targets);
+    if (options.return_logits) {
+      const auto V = out.logits_BTV.size(2);
+      out.main_loss = cross_entropy(out.logits_BTV.narrow(1, 0, T - 1).reshape({-1, V}), targets);
+    } else {
+      out.main_loss = chunked_cross_entropy(trunk.hidden_BTD.narrow(1, 0, T - 1).reshape({-1, Dh}),
+                                            lm_head_weight(), targets, options.loss_chunk_rows);
+    }
     out.num_target_tokens = (targets != kIgnoreIndex).sum();
   }
 
@@ -238,7 +245,7 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
     torch::Tensor h_prev = cfg_.mtp.hidden_source == config::MtpHiddenSource::kPostNorm
                                ? trunk.hidden_BTD
                                : trunk.pre_norm_BTD;
-    auto mtp_sum = torch::zeros({}, logits_BTV.options().dtype(torch::kFloat32));
+    auto mtp_sum = torch::zeros({}, f32);
     for (int64_t k = 1; k <= D_mtp; ++k) {
       const int64_t Tk = T - k;  // positions with a next-k embedding
       auto& layer = mtp_list_[k - 1];
@@ -258,9 +265,10 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
         if (lo.balance_loss.defined()) balance.push_back(lo.balance_loss);
         h_prev = lo.h_BTD;
         if (Tk >= 2) {
-          auto logits_k = logits(layer->shared_head->norm(lo.h_BTD));
-          loss_k = cross_entropy(logits_k.narrow(1, 0, Tk - 1).reshape({-1, logits_k.size(2)}),
-                                 labels_BT.narrow(1, k + 1, Tk - 1).reshape(-1));
+          auto h_k = layer->shared_head->norm(lo.h_BTD).narrow(1, 0, Tk - 1).reshape({-1, Dh});
+          loss_k = chunked_cross_entropy(h_k, lm_head_weight(),
+                                         labels_BT.narrow(1, k + 1, Tk - 1).reshape(-1),
+                                         options.loss_chunk_rows);
         } else {
           loss_k = torch::zeros({}, mtp_sum.options());
         }
@@ -306,20 +314,13 @@ torch::Tensor DeepseekV3ForCausalLMImpl::token_logprobs(const torch::Tensor& inp
                                                 : default_position_ids(B, T, input_ids_BT.device());
   auto rope = rope_.angles(positions_BT, model->embed_tokens->weight.scalar_type());
   auto hidden_BTD = model(input_ids_BT, rope, segment_ids_BT).hidden_BTD;
-  std::vector<torch::Tensor> parts;
-  for (int64_t start = 0; start < T - 1; start += chunk) {
-    const int64_t n = std::min(chunk, T - 1 - start);
-    auto logits_BnV = logits(hidden_BTD.narrow(1, start, n)).to(torch::kFloat32);
-    auto targets_Bn1 = input_ids_BT.narrow(1, start + 1, n).unsqueeze(-1);
-    // log p = logit[target] - logsumexp(logits): no [B, n, V] log-softmax tensor kept.
-    auto lp = logits_BnV.gather(-1, targets_Bn1).squeeze(-1) - logits_BnV.logsumexp(-1);
-    parts.push_back(lp);
-  }
-  if (parts.empty()) {
+  if (T < 2) {
     return torch::zeros(
         {B, 0}, torch::TensorOptions().dtype(torch::kFloat32).device(input_ids_BT.device()));
   }
-  return torch::cat(parts, 1);
+  auto h_ND = hidden_BTD.narrow(1, 0, T - 1).reshape({B * (T - 1), hidden_BTD.size(2)});
+  auto targets_N = input_ids_BT.narrow(1, 1, T - 1).reshape(-1);
+  return chunked_token_logprobs(h_ND, lm_head_weight(), targets_N, chunk * B).view({B, T - 1});
 }
 
 }  // namespace moetron::model

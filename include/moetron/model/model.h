@@ -60,6 +60,9 @@ struct ForwardOptions {
   bool return_logits = false;   // keep the [B, T, V] logits in the output (memory!)
   bool compute_mtp = true;      // run the MTP modules (only when labels are given)
   bool compute_balance = true;  // add the balance loss (only in training and alpha > 0)
+  // Rows per chunk of the vocab projection inside the losses (chunked_cross_entropy): the
+  // full [B, T, V] logits are never built unless return_logits.
+  int64_t loss_chunk_rows = 4096;
 };
 
 struct ForwardOutput {
@@ -88,9 +91,9 @@ class DeepseekV3ForCausalLMImpl : public torch::nn::Module {
                         const torch::Tensor& segment_ids_BT = {},
                         const ForwardOptions& options = {});
 
-  // log p(t_{i+1} | t_{<=i}) for i = 0..T-2: fp32 [B, T-1]. The vocab projection and
-  // log-softmax run over `chunk` positions at a time, so [B, T, V] never exists at once
-  // without grad (with grad, autograd keeps each chunk's logits for backward).
+  // log p(t_{i+1} | t_{<=i}) for i = 0..T-2: fp32 [B, T-1], differentiable. The vocab
+  // projection and log-softmax run over `chunk` positions (x B rows) at a time and backward
+  // recomputes them, so [B, T, V] never exists, forward or backward (losses.h).
   torch::Tensor token_logprobs(const torch::Tensor& input_ids_BT,
                                const torch::Tensor& position_ids_BT = {},
                                const torch::Tensor& segment_ids_BT = {}, int64_t chunk = 256);
