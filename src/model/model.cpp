@@ -105,7 +105,8 @@ void DeepseekV3ModelImpl::reset_parameters(double std) {
 TrunkOutput DeepseekV3ModelImpl::forward(const torch::Tensor& input_ids_BT, const RopeAngles& rope,
                                          const torch::Tensor& segment_ids_BT) {
   TrunkOutput out;
-  auto h_BTD = embed_tokens(input_ids_BT);
+  out.embeds_BTD = embed_tokens(input_ids_BT);
+  auto h_BTD = out.embeds_BTD;
   for (auto& layer : layer_list_) {
     auto lo = layer(h_BTD, rope, segment_ids_BT);
     h_BTD = lo.h_BTD;
@@ -241,7 +242,7 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
   const int64_t D_mtp = num_mtp();
   const bool run_mtp = has_labels && options.compute_mtp && D_mtp > 0;
   if (run_mtp) {
-    auto emb_BTD = model->embed_tokens(input_ids_BT);
+    const auto& emb_BTD = trunk.embeds_BTD;
     torch::Tensor h_prev = cfg_.mtp.hidden_source == config::MtpHiddenSource::kPostNorm
                                ? trunk.hidden_BTD
                                : trunk.pre_norm_BTD;

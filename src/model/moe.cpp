@@ -101,6 +101,20 @@ void GateImpl::reset_parameters(double std) {
   if (e_score_correction_bias.defined()) e_score_correction_bias.zero_();
 }
 
+void GateImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(device, dtype, non_blocking);
+  if (e_score_correction_bias.defined()) {
+    e_score_correction_bias.set_data(e_score_correction_bias.to(torch::kFloat32));
+  }
+}
+
+void GateImpl::to(torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(dtype, non_blocking);
+  if (e_score_correction_bias.defined()) {
+    e_score_correction_bias.set_data(e_score_correction_bias.to(torch::kFloat32));
+  }
+}
+
 GateOutput GateImpl::forward(const torch::Tensor& x_TD) {
   auto logits_TE =
       torch::nn::functional::linear(x_TD.to(torch::kFloat32), weight.to(torch::kFloat32));

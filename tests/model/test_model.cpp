@@ -537,3 +537,28 @@ TEST(ChunkedLoss, ModelLossAndGradsIndependentOfLogitsPath) {
 
 }  // namespace
 }  // namespace moetron::model
+
+namespace moetron::model {
+namespace {
+
+TEST(Model, Bf16CastKeepsBiasFp32AndRuns) {
+  auto cfg = testing::tiny_config();
+  auto m = make_model(cfg);
+  auto ids = random_ids(1, 8, cfg.model.vocab_size, 30);
+  m->eval();
+  ForwardOptions opt;
+  opt.return_logits = true;
+  auto ref = m->forward(ids, ids, {}, {}, opt);
+  m->to(torch::kBFloat16);
+  for (auto& l : m->moe_layers()) {
+    EXPECT_EQ(l->gate->e_score_correction_bias.scalar_type(), torch::kFloat32);
+    EXPECT_EQ(l->gate->weight.scalar_type(), torch::kBFloat16);
+  }
+  auto out = m->forward(ids, ids, {}, {}, opt);
+  EXPECT_EQ(out.logits_BTV.scalar_type(), torch::kBFloat16);
+  EXPECT_NEAR(out.main_loss.item<double>(), ref.main_loss.item<double>(), 0.05);
+  EXPECT_LT(max_abs_diff(out.logits_BTV, ref.logits_BTV), 0.1);
+}
+
+}  // namespace
+}  // namespace moetron::model

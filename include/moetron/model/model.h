@@ -34,6 +34,7 @@ torch::Tensor cross_entropy(const torch::Tensor& logits_NV, const torch::Tensor&
 struct TrunkOutput {
   torch::Tensor hidden_BTD;                   // after model.norm
   torch::Tensor pre_norm_BTD;                 // last block output, before model.norm
+  torch::Tensor embeds_BTD;                   // embed_tokens(input_ids), reused by MTP
   std::vector<torch::Tensor> counts;          // per MoE layer, int64 [E]
   std::vector<torch::Tensor> balance_losses;  // per MoE layer (training, alpha > 0)
 };

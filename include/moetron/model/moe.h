@@ -54,6 +54,11 @@ class GateImpl : public torch::nn::Module {
   // Logits in fp32 whatever the activation dtype (HF casts both operands).
   GateOutput forward(const torch::Tensor& x_TD);
   void reset_parameters(double std);
+  // Casting the model (e.g. to bf16 for inference) keeps the correction bias in fp32: its
+  // γ = 1e-3 steps would vanish in bf16 (SPEC 2.3).
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  using torch::nn::Module::to;
 
   torch::Tensor weight;                   // [E, D] parameter
   torch::Tensor e_score_correction_bias;  // [E] fp32 buffer; defined only for noaux_tc
