@@ -57,6 +57,30 @@ LayerOutput DecoderLayerImpl::forward(const torch::Tensor& h_BTD, const RopeAngl
   return out;
 }
 
+LayerOutput DecoderLayerImpl::forward_cached(const torch::Tensor& h_BTD, const RopeAngles& rope,
+                                             LatentKV& cache, int64_t start,
+                                             const torch::Tensor& allowed_BTS) {
+  const int64_t T = h_BTD.size(1);
+  MOETRON_CHECK(start >= 0 && start + T <= cache.c_kv_BSC.size(1), "KV cache overflow: ", start,
+                " + ", T, " tokens exceed the ", cache.c_kv_BSC.size(1), " cached slots");
+  auto x_BTD = input_layernorm(h_BTD);
+  auto entry = self_attn->latent_kv(x_BTD, rope);
+  cache.c_kv_BSC.narrow(1, start, T).copy_(entry.c_kv_BSC);
+  cache.k_pe_BSP.narrow(1, start, T).copy_(entry.k_pe_BSP);
+  LatentKV filled{cache.c_kv_BSC.narrow(1, 0, start + T), cache.k_pe_BSP.narrow(1, 0, start + T)};
+  LayerOutput out;
+  auto h = h_BTD + self_attn->forward_absorbed(x_BTD, rope, filled, allowed_BTS);
+  auto y_BTD = post_attention_layernorm(h);
+  if (is_moe()) {
+    auto m = moe(y_BTD);
+    out.h_BTD = h + m.y_BTD;
+    out.counts_E = m.counts_E;
+  } else {
+    out.h_BTD = h + dense(y_BTD);
+  }
+  return out;
+}
+
 SharedHeadImpl::SharedHeadImpl(int64_t hidden, double eps) {
   norm = register_module("norm", RMSNorm(hidden, eps));
 }

@@ -304,6 +304,50 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
   return out;
 }
 
+KvCache DeepseekV3ForCausalLMImpl::new_kv_cache(int64_t B, int64_t max_len) const {
+  const auto& w = model->embed_tokens->weight;
+  KvCache cache;
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    cache.layers.push_back({torch::zeros({B, max_len, cfg_.mla.kv_lora_rank}, w.options()),
+                            torch::zeros({B, max_len, cfg_.mla.qk_rope_head_dim}, w.options())});
+  }
+  cache.valid_BS = torch::zeros({B, max_len}, w.options().dtype(torch::kBool));
+  return cache;
+}
+
+torch::Tensor DeepseekV3ForCausalLMImpl::forward_with_cache(const torch::Tensor& input_ids_BT,
+                                                            KvCache& cache,
+                                                            const torch::Tensor& position_ids_BT,
+                                                            const torch::Tensor& token_valid_BT) {
+  check_inputs(input_ids_BT, {}, position_ids_BT, token_valid_BT);
+  const int64_t B = input_ids_BT.size(0), T = input_ids_BT.size(1);
+  const int64_t start = cache.length, S = start + T;
+  MOETRON_CHECK(static_cast<int64_t>(cache.layers.size()) == model->num_layers() &&
+                    cache.valid_BS.size(0) == B,
+                "forward_with_cache: cache built for another model or batch size (", B, " rows)");
+  MOETRON_CHECK(S <= cache.capacity(), "forward_with_cache: ", S, " tokens exceed the cache's ",
+                cache.capacity(), " slots");
+  const auto device = input_ids_BT.device();
+  auto slots_BT = default_position_ids(B, T, device) + start;
+  auto positions_BT = position_ids_BT.defined() ? position_ids_BT : slots_BT;
+  auto valid_BT = token_valid_BT.defined() ? token_valid_BT.to(torch::kBool)
+                                           : torch::ones({B, T}, cache.valid_BS.options());
+  cache.valid_BS.narrow(1, start, T).copy_(valid_BT);
+  // Causal over slots, padding slots hidden; a token always sees itself (no empty rows).
+  auto slot_idx_S = torch::arange(S, slots_BT.options());
+  auto allowed_BTS = (slot_idx_S.view({1, 1, S}) <= slots_BT.unsqueeze(-1)) &
+                     cache.valid_BS.narrow(1, 0, S).unsqueeze(1);
+  allowed_BTS = allowed_BTS | (slot_idx_S.view({1, 1, S}) == slots_BT.unsqueeze(-1));
+
+  auto rope = rope_.angles(positions_BT, model->embed_tokens->weight.scalar_type());
+  auto h_BTD = model->embed_tokens(input_ids_BT);
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    h_BTD = model->layer(l)->forward_cached(h_BTD, rope, cache.layers[l], start, allowed_BTS).h_BTD;
+  }
+  cache.length = S;
+  return logits(model->norm(h_BTD));
+}
+
 torch::Tensor DeepseekV3ForCausalLMImpl::token_logprobs(const torch::Tensor& input_ids_BT,
                                                         const torch::Tensor& position_ids_BT,
                                                         const torch::Tensor& segment_ids_BT,

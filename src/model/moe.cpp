@@ -241,7 +241,14 @@ MoeOutput MoeImpl::forward(const torch::Tensor& x_BTD) {
   auto g = gate(x_TD);
 
   MoeOutput out;
-  out.counts_E = ops::expert_counts(g.topk_idx_TK, E, counts_impl_);
+  if (counts_impl_ == ops::Impl::kReference) {
+    // Sync-free histogram: top-k indices are in range by construction, so the op's bounds
+    // check (two host syncs) is skipped and the dispatcher's copy stays the layer's only sync.
+    auto idx_N = g.topk_idx_TK.reshape(-1);
+    out.counts_E = torch::zeros({E}, idx_N.options()).index_add_(0, idx_N, torch::ones_like(idx_N));
+  } else {
+    out.counts_E = ops::expert_counts(g.topk_idx_TK, E, counts_impl_);
+  }
   auto st = dispatcher_->dispatch(x_TD, g.topk_idx_TK, g.topk_weight_TK, out.counts_E);
   auto y_ND = experts(st.x_ND, st.counts, st.first_expert);
   auto y_TD = dispatcher_->combine(y_ND, st);

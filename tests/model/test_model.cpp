@@ -562,3 +562,54 @@ TEST(Model, Bf16CastKeepsBiasFp32AndRuns) {
 
 }  // namespace
 }  // namespace moetron::model
+
+namespace moetron::model {
+namespace {
+
+TEST(KvCache, IncrementalDecodingEqualsFullForward) {
+  auto cfg = testing::tiny_config();
+  auto m = make_model(cfg);
+  m->eval();
+  torch::NoGradGuard no_grad;
+  auto ids = random_ids(2, 9, cfg.model.vocab_size, 40);
+  ForwardOptions opt;
+  opt.return_logits = true;
+  auto full = m->forward(ids, {}, {}, {}, opt).logits_BTV;
+  auto cache = m->new_kv_cache(2, 12);
+  auto prefill = m->forward_with_cache(ids.narrow(1, 0, 5), cache);
+  EXPECT_EQ(cache.length, 5);
+  EXPECT_LT(max_abs_diff(prefill, full.narrow(1, 0, 5)), 1e-5);
+  for (int64_t t = 5; t < 9; ++t) {
+    auto step = m->forward_with_cache(ids.narrow(1, t, 1), cache);
+    EXPECT_LT(max_abs_diff(step, full.narrow(1, t, 1)), 1e-5) << "t=" << t;
+  }
+  EXPECT_THROW(m->forward_with_cache(ids.narrow(1, 0, 4), cache), Error);  // 13 > 12 slots
+}
+
+TEST(KvCache, LeftPaddingIsInvisible) {
+  auto cfg = testing::tiny_config();
+  auto m = make_model(cfg);
+  m->eval();
+  torch::NoGradGuard no_grad;
+  auto ids = random_ids(1, 4, cfg.model.vocab_size, 41);
+  ForwardOptions opt;
+  opt.return_logits = true;
+  auto alone = m->forward(ids, {}, {}, {}, opt).logits_BTV;
+  // Row 0: two pad tokens then the 4 real ones (positions restart at 0); row 1: 6 real tokens.
+  auto padded = torch::cat({torch::full({1, 2}, 3, torch::kInt64), ids}, 1);
+  auto batch = torch::cat({padded, random_ids(1, 6, cfg.model.vocab_size, 42)}, 0);
+  auto valid = torch::tensor({{0, 0, 1, 1, 1, 1}, {1, 1, 1, 1, 1, 1}}, torch::kBool);
+  auto pos = torch::tensor({{0, 0, 0, 1, 2, 3}, {0, 1, 2, 3, 4, 5}}, torch::kInt64);
+  auto cache = m->new_kv_cache(2, 8);
+  auto out = m->forward_with_cache(batch, cache, pos, valid);
+  EXPECT_LT(max_abs_diff(out[0].narrow(0, 2, 4), alone[0]), 1e-5);
+  // One more step for row 0 equals the unpadded model on 5 tokens.
+  auto next = random_ids(2, 1, cfg.model.vocab_size, 43);
+  auto step = m->forward_with_cache(next, cache, torch::tensor({{4}, {6}}, torch::kInt64));
+  auto five = torch::cat({ids, next.narrow(0, 0, 1)}, 1);
+  auto ref = m->forward(five, {}, {}, {}, opt).logits_BTV;
+  EXPECT_LT(max_abs_diff(step[0][0], ref[0][4]), 1e-5);
+}
+
+}  // namespace
+}  // namespace moetron::model

@@ -32,6 +32,11 @@ class DecoderLayerImpl : public torch::nn::Module {
   DecoderLayerImpl(const config::Config& cfg, int64_t layer_idx);
   LayerOutput forward(const torch::Tensor& h_BTD, const RopeAngles& rope,
                       const torch::Tensor& segment_ids_BT = {});
+  // Inference with a latent KV cache (SPEC 1.7-1.8): writes the new tokens' latent entries into
+  // cache slots [start, start + T) and attends over slots [0, start + T) with the absorbed path.
+  // allowed_BTS: bool [B, T, start + T].
+  LayerOutput forward_cached(const torch::Tensor& h_BTD, const RopeAngles& rope, LatentKV& cache,
+                             int64_t start, const torch::Tensor& allowed_BTS);
   void reset_parameters(double std);
   bool is_moe() const { return !moe.is_empty(); }
   int64_t layer_idx() const { return layer_idx_; }

@@ -78,6 +78,15 @@ struct ForwardOutput {
   torch::Tensor num_target_tokens;        // int64 scalar: valid main-loss targets
 };
 
+// Latent KV cache for incremental decoding (SPEC 1.7): per layer the normalised latent
+// [B, S_max, kv_lora_rank] and the rotated shared key [B, S_max, qk_rope_head_dim].
+struct KvCache {
+  std::vector<LatentKV> layers;
+  torch::Tensor valid_BS;  // bool: the slot holds a real token (false for padding)
+  int64_t length = 0;      // slots filled so far (all rows advance together)
+  int64_t capacity() const { return valid_BS.defined() ? valid_BS.size(1) : 0; }
+};
+
 class DeepseekV3ForCausalLMImpl : public torch::nn::Module {
  public:
   // Builds, initialises (N(0, initializer_range), norms 1, bias 0 — seed with
@@ -98,6 +107,17 @@ class DeepseekV3ForCausalLMImpl : public torch::nn::Module {
   torch::Tensor token_logprobs(const torch::Tensor& input_ids_BT,
                                const torch::Tensor& position_ids_BT = {},
                                const torch::Tensor& segment_ids_BT = {}, int64_t chunk = 256);
+
+  // An empty cache for B rows and up to max_len tokens, on the model's device and dtype.
+  KvCache new_kv_cache(int64_t B, int64_t max_len) const;
+  // Inference step: runs input_ids_BT at cache slots length..length+T-1 (absorbed MLA over the
+  // cache), stores their latents, advances cache.length, returns logits [B, T, V] of the new
+  // tokens. position_ids_BT defaults to the slot index; token_valid_BT marks real tokens
+  // (false = left padding: later tokens do not attend to it). Equals forward() on the same
+  // tokens up to fp32 round-off. Call under torch::NoGradGuard with the model in eval().
+  torch::Tensor forward_with_cache(const torch::Tensor& input_ids_BT, KvCache& cache,
+                                   const torch::Tensor& position_ids_BT = {},
+                                   const torch::Tensor& token_valid_BT = {});
 
   // Logits of hidden states (lm_head, or the tied embedding).
   torch::Tensor logits(const torch::Tensor& hidden_BTD);
