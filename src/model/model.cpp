@@ -203,11 +203,12 @@ void check_inputs(const torch::Tensor& input_ids_BT, const torch::Tensor& labels
 }  // namespace
 
 ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_BT,
-                                                 const torch::Tensor& labels_BT,
+                                                 const torch::Tensor& labels_in_BT,
                                                  const torch::Tensor& position_ids_BT,
                                                  const torch::Tensor& segment_ids_BT,
                                                  const ForwardOptions& options) {
-  check_inputs(input_ids_BT, labels_BT, position_ids_BT, segment_ids_BT);
+  check_inputs(input_ids_BT, labels_in_BT, position_ids_BT, segment_ids_BT);
+  const auto labels_BT = labels_in_BT.defined() ? labels_in_BT.to(torch::kInt64) : labels_in_BT;
   const int64_t B = input_ids_BT.size(0), T = input_ids_BT.size(1);
   const auto device = input_ids_BT.device();
   const auto dtype = model->embed_tokens->weight.scalar_type();

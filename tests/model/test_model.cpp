@@ -613,3 +613,40 @@ TEST(KvCache, LeftPaddingIsInvisible) {
 
 }  // namespace
 }  // namespace moetron::model
+
+namespace moetron::model {
+namespace {
+
+TEST(Model, ShortSequencesAndInt32Labels) {
+  auto cfg = testing::tiny_config(true, 2);
+  auto m = make_model(cfg);
+  for (int64_t T : {1, 2, 3}) {
+    auto ids = random_ids(2, T, cfg.model.vocab_size, 50 + T);
+    auto out = m->forward(ids, ids.to(torch::kInt32));
+    EXPECT_TRUE(std::isfinite(out.loss.item<double>())) << "T=" << T;
+    ASSERT_EQ(out.mtp_losses.size(), 2u);
+    EXPECT_EQ(m->token_logprobs(ids).size(1), T - 1);
+    out.loss.backward();
+  }
+}
+
+TEST(Model, MtpHiddenSourceSelectsPostOrPreNorm) {
+  auto cfg = testing::tiny_config();
+  auto post = make_model(cfg, 5);
+  cfg.mtp.hidden_source = config::MtpHiddenSource::kPreNorm;
+  auto pre = make_model(cfg, 5);
+  post->eval();
+  pre->eval();
+  {
+    torch::NoGradGuard g;  // make model.norm non-trivial so the two sources differ
+    post->model->norm->weight.normal_(1.0, 0.5);
+    pre->model->norm->weight.copy_(post->model->norm->weight);
+  }
+  auto ids = random_ids(1, 8, cfg.model.vocab_size, 60);
+  auto a = post->forward(ids, ids), b = pre->forward(ids, ids);
+  EXPECT_NEAR(a.main_loss.item<double>(), b.main_loss.item<double>(), 1e-7);
+  EXPECT_GT(std::abs(a.mtp_losses[0].item<double>() - b.mtp_losses[0].item<double>()), 1e-5);
+}
+
+}  // namespace
+}  // namespace moetron::model
