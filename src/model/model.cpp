@@ -8,6 +8,7 @@
 #include "moetron/core/logging.h"
 #include "moetron/model/accounting.h"
 #include "moetron/model/losses.h"
+#include "moetron/ops/impl.h"
 
 namespace moetron::model {
 
@@ -134,6 +135,9 @@ DeepseekV3ForCausalLMImpl::DeepseekV3ForCausalLMImpl(const config::Config& cfg)
     mtp_list_.push_back(MtpLayer(cfg, k));
     mtp->push_back(mtp_list_.back());
   }
+  // kernels.gate picks the expert-count implementation (the routing kernels' histogram).
+  const auto counts_impl = ops::parse_impl(cfg.kernels.gate, "kernels.gate");
+  for (auto& moe : moe_layers()) moe->set_counts_impl(counts_impl);
   reset_parameters();
   log::info(summary_line(cfg));
 }

@@ -474,6 +474,9 @@ TEST(Config, InvalidSettingsNameTheKey) {
   cfg = testing::tiny_config();
   cfg.mla.qk_rope_head_dim = 5;
   EXPECT_THROW(validate_model_config(cfg), Error);
+  cfg = testing::tiny_config();
+  cfg.kernels.gate = "triton";
+  EXPECT_THROW(DeepseekV3ForCausalLM{cfg}, Error);
 }
 
 }  // namespace
