@@ -1,0 +1,163 @@
+// DeepSeekMoE FFN (SPEC 2): SwiGLU MLP, the router (sigmoid/softmax scoring, group-limited
+// top-k, selection-only bias), stacked routed experts computed per expert group, the
+// TokenDispatcher seam for expert parallelism, and the sequence-wise balance loss (SPEC 2.4).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include "moetron/config/config.h"
+#include "moetron/ops/impl.h"
+
+namespace moetron::model {
+
+// Legend: B batch, T tokens (T = B·T_seq once flattened), D hidden, I expert width, E routed
+// experts, K experts per token, G groups, N routed rows (token copies sent to experts).
+
+// SwiGLU without bias: down(silu(gate(x)) * up(x)). Dense layers and the shared experts
+// (one MLP of width moe_intermediate_size * n_shared_experts, SPEC 2.1).
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(int64_t hidden, int64_t intermediate);
+  torch::Tensor forward(const torch::Tensor& x_ND);
+  void reset_parameters(double std);
+
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+// ---- router (SPEC 2.2) ----------------------------------------------------------------------
+
+struct GateOutput {
+  torch::Tensor topk_idx_TK;     // int64, chosen with the biased score (sorted by score)
+  torch::Tensor topk_weight_TK;  // fp32 combine weights from the UNBIASED affinities
+  torch::Tensor scores_TE;       // fp32 affinities s (sigmoid or softmax), differentiable
+};
+
+// The routing rule on given fp32 logits. bias_E may be undefined (no correction bias).
+// noaux_tc: group score = sum of the top-2 biased scores; group_limited_greedy: max score;
+// greedy: plain top-K. Dropped groups are masked with -inf (HF uses 0.0, SPEC 8.5).
+// Weights: noaux_tc normalises over the K when norm_topk_prob (+1e-20 as HF) then scales by
+// routed_scaling_factor; the V2 family normalises when norm_topk_prob (and K > 1), otherwise
+// scales (hub V2 rule, SPEC 2.2).
+GateOutput route(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
+                 const config::MoeConfig& moe);
+
+class GateImpl : public torch::nn::Module {
+ public:
+  GateImpl(int64_t hidden, const config::MoeConfig& moe);
+  // Logits in fp32 whatever the activation dtype (HF casts both operands).
+  GateOutput forward(const torch::Tensor& x_TD);
+  void reset_parameters(double std);
+  // Casting the model (e.g. to bf16 for inference) keeps the correction bias in fp32: its
+  // γ = 1e-3 steps would vanish in bf16 (SPEC 2.3).
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  using torch::nn::Module::to;
+
+  torch::Tensor weight;                   // [E, D] parameter
+  torch::Tensor e_score_correction_bias;  // [E] fp32 buffer; defined only for noaux_tc
+
+ private:
+  config::MoeConfig moe_;
+};
+TORCH_MODULE(Gate);
+
+// ---- dispatch seam ------------------------------------------------------------------------
+
+// Token rows permuted to expert order plus what combine needs to undo it.
+struct DispatchState {
+  torch::Tensor x_ND;           // routed token copies, grouped by expert, expert-major
+  std::vector<int64_t> counts;  // rows per expert in x_ND (host), contiguous groups
+  int64_t first_expert = 0;     // stacked-expert index of counts[0]
+  torch::Tensor token_idx_N;    // source token of each row (local dispatcher)
+  torch::Tensor weight_N;       // fp32 gate weight of each row
+  int64_t num_tokens = 0;       // T of the input, for combine
+  std::shared_ptr<void> extra;  // dispatcher-specific state (e.g. all-to-all splits)
+};
+
+// dispatch -> experts -> combine. The MoE layer owns one; expert parallelism swaps in an
+// all-to-all implementation with set_dispatcher() (DESIGN: parallelism plugs in from outside).
+class TokenDispatcher {
+ public:
+  virtual ~TokenDispatcher() = default;
+  // x_TD tokens, topk_idx_TK / topk_weight_TK from the gate, counts_E = per-expert counts of
+  // topk_idx_TK on the same device (already computed for the load metrics).
+  virtual DispatchState dispatch(const torch::Tensor& x_TD, const torch::Tensor& topk_idx_TK,
+                                 const torch::Tensor& topk_weight_TK,
+                                 const torch::Tensor& counts_E) = 0;
+  // y_ND expert outputs in dispatch order -> [T, D] in y's dtype: Σ_k w_k · y (fp32 sum).
+  virtual torch::Tensor combine(const torch::Tensor& y_ND, const DispatchState& state) = 0;
+};
+
+// Single process: a stable sort of the (token, k) pairs by expert, one host copy of the counts,
+// index_select to permute, weighted index_add to combine.
+class LocalTokenDispatcher : public TokenDispatcher {
+ public:
+  DispatchState dispatch(const torch::Tensor& x_TD, const torch::Tensor& topk_idx_TK,
+                         const torch::Tensor& topk_weight_TK,
+                         const torch::Tensor& counts_E) override;
+  torch::Tensor combine(const torch::Tensor& y_ND, const DispatchState& state) override;
+};
+
+// ---- routed experts -------------------------------------------------------------------------
+
+// E SwiGLU experts stored stacked (HF per-expert names come from hf_names.h).
+class ExpertsImpl : public torch::nn::Module {
+ public:
+  ExpertsImpl(int64_t n_experts, int64_t hidden, int64_t intermediate);
+  // x_ND grouped by expert (counts[i] rows for expert first_expert + i) -> y_ND, same order.
+  // One mm per non-empty expert over its contiguous slice.
+  torch::Tensor forward(const torch::Tensor& x_ND, const std::vector<int64_t>& counts,
+                        int64_t first_expert = 0);
+  void reset_parameters(double std);
+  int64_t n_experts() const { return gate_proj.size(0); }
+
+  torch::Tensor gate_proj;  // [E, I, D]
+  torch::Tensor up_proj;    // [E, I, D]
+  torch::Tensor down_proj;  // [E, D, I]
+};
+TORCH_MODULE(Experts);
+
+// ---- the MoE layer ------------------------------------------------------------------------------
+
+// Complementary sequence-wise balance loss (SPEC 2.4) for one layer:
+// alpha · mean_b Σ_i f_i P_i with f from indicator_idx_BTK (no gradient) and P = mean_t s/Σs.
+torch::Tensor sequence_balance_loss(const torch::Tensor& scores_BTE,
+                                    const torch::Tensor& indicator_idx_BTK, double alpha);
+
+struct MoeOutput {
+  torch::Tensor y_BTD;
+  torch::Tensor counts_E;      // int64: selected (biased) top-K assignments per expert
+  torch::Tensor balance_loss;  // scalar fp32; undefined unless alpha > 0 and training
+};
+
+class MoeImpl : public torch::nn::Module {
+ public:
+  MoeImpl(int64_t hidden, const config::MoeConfig& moe);
+  MoeOutput forward(const torch::Tensor& x_BTD);
+  void reset_parameters(double std);
+
+  void set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher);
+  TokenDispatcher& dispatcher() { return *dispatcher_; }
+  // Which implementation counts experts (kernels.gate); reference by default.
+  void set_counts_impl(ops::Impl impl) { counts_impl_ = impl; }
+  const config::MoeConfig& moe_config() const { return moe_; }
+
+  Gate gate{nullptr};
+  Experts experts{nullptr};
+  Mlp shared_experts{nullptr};  // empty when n_shared_experts == 0
+
+ private:
+  config::MoeConfig moe_;
+  std::shared_ptr<TokenDispatcher> dispatcher_;
+  ops::Impl counts_impl_ = ops::Impl::kReference;
+};
+TORCH_MODULE(Moe);
+
+}  // namespace moetron::model

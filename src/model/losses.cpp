@@ -1,0 +1,102 @@
+// Chunked log-probabilities / cross-entropy with a recomputing backward (see losses.h).
+#include "moetron/model/losses.h"
+
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/torch.h>
+
+#include "moetron/core/error.h"
+#include "moetron/model/model.h"
+
+namespace moetron::model {
+
+// Legend: N rows (tokens), n rows of one chunk, D hidden, V vocab.
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// logits of one chunk in fp32 (matmul in the operands' dtype, which the caller made equal).
+torch::Tensor chunk_logits(const torch::Tensor& h_nD, const torch::Tensor& w_VD) {
+  return h_nD.mm(w_VD.t()).to(torch::kFloat32);
+}
+
+struct ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h_ND,
+                               const torch::Tensor& w_VD, const torch::Tensor& targets_N,
+                               int64_t chunk) {
+    // The caller already cast to the compute dtype; autocast must not re-cast here, so that
+    // forward and the (autocast-free) backward recomputation see the same numerics.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    ctx->save_for_backward({h_ND, w_VD, targets_N});
+    ctx->saved_data["chunk"] = chunk;
+    const int64_t N = h_ND.size(0);
+    auto out_N = torch::empty({N}, h_ND.options().dtype(torch::kFloat32));
+    for (int64_t s = 0; s < N; s += chunk) {
+      const int64_t n = std::min(chunk, N - s);
+      auto logits_nV = chunk_logits(h_ND.narrow(0, s, n), w_VD);
+      auto t_n = targets_N.narrow(0, s, n);
+      auto valid_n = t_n != kIgnoreIndex;
+      auto lp_n =
+          logits_nV.gather(1, t_n.clamp_min(0).unsqueeze(1)).squeeze(1) - logits_nV.logsumexp(1);
+      out_N.narrow(0, s, n).copy_(lp_n.masked_fill(~valid_n, 0.0));
+    }
+    return out_N;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const auto& h_ND = saved[0];
+    const auto& w_VD = saved[1];
+    const auto& targets_N = saved[2];
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    auto g_N = grad_outputs[0].to(torch::kFloat32);
+    const int64_t N = h_ND.size(0);
+    auto grad_h = torch::empty_like(h_ND);
+    auto grad_w = torch::zeros(w_VD.sizes(), w_VD.options().dtype(torch::kFloat32));
+    for (int64_t s = 0; s < N; s += chunk) {
+      const int64_t n = std::min(chunk, N - s);
+      auto h_nD = h_ND.narrow(0, s, n);
+      auto t_n = targets_N.narrow(0, s, n);
+      auto g_n = g_N.narrow(0, s, n) * (t_n != kIgnoreIndex).to(torch::kFloat32);
+      // d log p_t / d logits = onehot(t) - softmax(logits)
+      auto d_nV = torch::softmax(chunk_logits(h_nD, w_VD), 1) * (-g_n).unsqueeze(1);
+      d_nV.scatter_add_(1, t_n.clamp_min(0).unsqueeze(1), g_n.unsqueeze(1));
+      auto d = d_nV.to(h_ND.scalar_type());
+      grad_h.narrow(0, s, n).copy_(d.mm(w_VD));
+      grad_w.add_(d.t().mm(h_nD).to(torch::kFloat32));
+    }
+    return {grad_h, grad_w.to(w_VD.scalar_type()), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor chunked_token_logprobs(const torch::Tensor& hidden_ND, const torch::Tensor& weight_VD,
+                                     const torch::Tensor& targets_N, int64_t chunk_rows) {
+  MOETRON_CHECK(
+      hidden_ND.dim() == 2 && weight_VD.dim() == 2 && hidden_ND.size(1) == weight_VD.size(1),
+      "chunked_token_logprobs: expected hidden [N, D] and weight [V, D], got ", hidden_ND.sizes(),
+      " and ", weight_VD.sizes());
+  MOETRON_CHECK(targets_N.dim() == 1 && targets_N.size(0) == hidden_ND.size(0),
+                "chunked_token_logprobs: expected targets [", hidden_ND.size(0), "], got ",
+                targets_N.sizes());
+  MOETRON_CHECK(chunk_rows > 0, "chunked_token_logprobs: chunk_rows must be > 0, got ", chunk_rows);
+  const auto device_type = hidden_ND.device().type();
+  auto dtype = hidden_ND.scalar_type();
+  if (at::autocast::is_autocast_enabled(device_type)) {
+    dtype = at::autocast::get_autocast_dtype(device_type);
+  }
+  return ChunkedLogprob::apply(hidden_ND.to(dtype), weight_VD.to(dtype),
+                               targets_N.to(torch::kInt64), chunk_rows);
+}
+
+torch::Tensor chunked_cross_entropy(const torch::Tensor& hidden_ND, const torch::Tensor& weight_VD,
+                                    const torch::Tensor& targets_N, int64_t chunk_rows) {
+  auto lp_N = chunked_token_logprobs(hidden_ND, weight_VD, targets_N, chunk_rows);
+  auto n_valid = (targets_N != kIgnoreIndex).sum().clamp_min(1).to(torch::kFloat32);
+  return -lp_N.sum() / n_valid;
+}
+
+}  // namespace moetron::model

@@ -1,0 +1,274 @@
+// DeepSeekMoE (SPEC 2): router, local dispatcher, stacked experts, MoE layer, balance loss.
+#include "moetron/model/moe.h"
+
+#include <limits>
+
+#include <torch/torch.h>
+
+#include "moetron/core/error.h"
+#include "moetron/ops/expert_counts.h"
+
+namespace moetron::model {
+
+// Legend: B batch, T tokens (T = B·T_seq once flattened), D hidden, I expert width, E routed
+// experts, K experts per token, G groups, N routed rows (token copies sent to experts).
+
+namespace {
+torch::nn::Linear linear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+}  // namespace
+
+// ---- MLP ------------------------------------------------------------------------------------
+
+MlpImpl::MlpImpl(int64_t hidden, int64_t intermediate) {
+  gate_proj = register_module("gate_proj", linear(hidden, intermediate));
+  up_proj = register_module("up_proj", linear(hidden, intermediate));
+  down_proj = register_module("down_proj", linear(intermediate, hidden));
+}
+
+torch::Tensor MlpImpl::forward(const torch::Tensor& x_ND) {
+  return down_proj(torch::silu(gate_proj(x_ND)) * up_proj(x_ND));
+}
+
+void MlpImpl::reset_parameters(double std) {
+  torch::NoGradGuard no_grad;
+  for (auto* lin : {&gate_proj, &up_proj, &down_proj}) (*lin)->weight.normal_(0.0, std);
+}
+
+// ---- router -----------------------------------------------------------------------------------
+
+GateOutput route(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
+                 const config::MoeConfig& moe) {
+  MOETRON_CHECK(logits_TE.dim() == 2, "route: expected logits [T, E], got ", logits_TE.sizes());
+  const int64_t T = logits_TE.size(0), E = logits_TE.size(1);
+  const int64_t K = moe.num_experts_per_tok;
+  const int64_t G = moe.n_group;
+  auto logits = logits_TE.to(torch::kFloat32);
+  auto scores_TE = moe.scoring_func == config::ScoringFunc::kSigmoid ? torch::sigmoid(logits)
+                                                                     : torch::softmax(logits, -1);
+  torch::Tensor topk_idx_TK;
+  {
+    // Selection carries no gradient; weights are gathered from scores_TE below.
+    torch::NoGradGuard no_grad;
+    auto choice_TE = scores_TE.detach();
+    if (bias_E.defined()) choice_TE = choice_TE + bias_E.to(torch::kFloat32);
+    const bool grouped = moe.topk_method != config::TopkMethod::kGreedy && G > 1;
+    if (grouped) {
+      auto choice_TGS = choice_TE.view({T, G, E / G});
+      torch::Tensor group_TG;
+      if (moe.topk_method == config::TopkMethod::kNoauxTc) {
+        // Sum of the two best experts per group (= K_r / M in V3, SPEC 2.2 step 4).
+        group_TG = std::get<0>(choice_TGS.topk(std::min<int64_t>(2, E / G), -1)).sum(-1);
+      } else {
+        group_TG = std::get<0>(choice_TGS.max(-1));
+      }
+      auto keep_TG = std::get<1>(group_TG.topk(moe.topk_group, -1));
+      auto group_mask_TG =
+          torch::zeros({T, G}, choice_TE.options().dtype(torch::kBool)).scatter(1, keep_TG, true);
+      // -inf, not 0.0: a dropped group must never win even when biased scores are negative.
+      choice_TE = choice_TGS.masked_fill(~group_mask_TG.unsqueeze(-1), kNegInf).view({T, E});
+    }
+    topk_idx_TK = std::get<1>(choice_TE.topk(K, -1));
+  }
+  auto topk_weight_TK = scores_TE.gather(1, topk_idx_TK);
+  if (moe.topk_method == config::TopkMethod::kNoauxTc) {
+    if (moe.norm_topk_prob)
+      topk_weight_TK = topk_weight_TK / (topk_weight_TK.sum(-1, true) + 1e-20);
+    topk_weight_TK = topk_weight_TK * moe.routed_scaling_factor;
+  } else if (K > 1 && moe.norm_topk_prob) {
+    topk_weight_TK = topk_weight_TK / (topk_weight_TK.sum(-1, true) + 1e-20);
+  } else {
+    topk_weight_TK = topk_weight_TK * moe.routed_scaling_factor;
+  }
+  return {topk_idx_TK, topk_weight_TK, scores_TE};
+}
+
+GateImpl::GateImpl(int64_t hidden, const config::MoeConfig& moe) : moe_(moe) {
+  const int64_t E = moe.n_routed_experts.value_or(0);
+  weight = register_parameter("weight", torch::empty({E, hidden}));
+  if (moe.topk_method == config::TopkMethod::kNoauxTc) {
+    // fp32 buffer: selection only, updated outside autograd (SPEC 2.3).
+    e_score_correction_bias =
+        register_buffer("e_score_correction_bias", torch::zeros({E}, torch::kFloat32));
+  }
+}
+
+void GateImpl::reset_parameters(double std) {
+  torch::NoGradGuard no_grad;
+  weight.normal_(0.0, std);
+  if (e_score_correction_bias.defined()) e_score_correction_bias.zero_();
+}
+
+void GateImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(device, dtype, non_blocking);
+  if (e_score_correction_bias.defined()) {
+    e_score_correction_bias.set_data(e_score_correction_bias.to(torch::kFloat32));
+  }
+}
+
+void GateImpl::to(torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(dtype, non_blocking);
+  if (e_score_correction_bias.defined()) {
+    e_score_correction_bias.set_data(e_score_correction_bias.to(torch::kFloat32));
+  }
+}
+
+GateOutput GateImpl::forward(const torch::Tensor& x_TD) {
+  auto logits_TE =
+      torch::nn::functional::linear(x_TD.to(torch::kFloat32), weight.to(torch::kFloat32));
+  return route(logits_TE, e_score_correction_bias, moe_);
+}
+
+// ---- local dispatcher -------------------------------------------------------------------------
+
+DispatchState LocalTokenDispatcher::dispatch(const torch::Tensor& x_TD,
+                                             const torch::Tensor& topk_idx_TK,
+                                             const torch::Tensor& topk_weight_TK,
+                                             const torch::Tensor& counts_E) {
+  const int64_t K = topk_idx_TK.size(1);
+  DispatchState st;
+  st.num_tokens = x_TD.size(0);
+  // Stable: rows of one expert keep token order, so results are deterministic.
+  auto order_N = std::get<1>(topk_idx_TK.reshape(-1).sort(/*stable=*/true, 0, false));
+  st.token_idx_N = order_N.div(K, "floor");
+  st.weight_N = topk_weight_TK.reshape(-1).index_select(0, order_N);
+  st.x_ND = x_TD.index_select(0, st.token_idx_N);
+  // The one host sync of the layer: expert slice sizes must be known on the host.
+  auto counts_cpu = counts_E.to(torch::kCPU, torch::kInt64).contiguous();
+  st.counts.assign(counts_cpu.data_ptr<int64_t>(),
+                   counts_cpu.data_ptr<int64_t>() + counts_cpu.numel());
+  return st;
+}
+
+torch::Tensor LocalTokenDispatcher::combine(const torch::Tensor& y_ND, const DispatchState& st) {
+  // Weighted sum in fp32 (the gate weights' dtype, as HF), cast back once.
+  auto weighted_ND = y_ND.to(torch::kFloat32) * st.weight_N.unsqueeze(1);
+  auto out_TD = torch::zeros({st.num_tokens, y_ND.size(1)}, weighted_ND.options());
+  return out_TD.index_add(0, st.token_idx_N, weighted_ND).to(y_ND.scalar_type());
+}
+
+// ---- experts ------------------------------------------------------------------------------------
+
+ExpertsImpl::ExpertsImpl(int64_t n_experts, int64_t hidden, int64_t intermediate) {
+  gate_proj = register_parameter("gate_proj", torch::empty({n_experts, intermediate, hidden}));
+  up_proj = register_parameter("up_proj", torch::empty({n_experts, intermediate, hidden}));
+  down_proj = register_parameter("down_proj", torch::empty({n_experts, hidden, intermediate}));
+}
+
+void ExpertsImpl::reset_parameters(double std) {
+  torch::NoGradGuard no_grad;
+  gate_proj.normal_(0.0, std);
+  up_proj.normal_(0.0, std);
+  down_proj.normal_(0.0, std);
+}
+
+torch::Tensor ExpertsImpl::forward(const torch::Tensor& x_ND, const std::vector<int64_t>& counts,
+                                   int64_t first_expert) {
+  MOETRON_CHECK(
+      first_expert >= 0 && first_expert + static_cast<int64_t>(counts.size()) <= n_experts(),
+      "experts: ", counts.size(), " counts from expert ", first_expert, " exceed the ", n_experts(),
+      " stacked experts");
+  // unbind: one autograd node whose backward stacks the per-expert grads into one [E, ...]
+  // tensor (indexing per expert would allocate a full-size zero grad per expert).
+  auto w_gate = gate_proj.unbind(0);
+  auto w_up = up_proj.unbind(0);
+  auto w_down = down_proj.unbind(0);
+  std::vector<torch::Tensor> outs;
+  int64_t offset = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    const int64_t n = counts[i];
+    if (n == 0) continue;
+    const int64_t e = first_expert + static_cast<int64_t>(i);
+    auto x_nD = x_ND.narrow(0, offset, n);
+    auto h_nI = torch::silu(x_nD.mm(w_gate[e].t())) * x_nD.mm(w_up[e].t());
+    outs.push_back(h_nI.mm(w_down[e].t()));
+    offset += n;
+  }
+  MOETRON_CHECK(offset == x_ND.size(0), "experts: counts sum to ", offset, " but got ",
+                x_ND.size(0), " rows");
+  if (outs.empty()) return x_ND.new_zeros({0, gate_proj.size(2)});
+  return torch::cat(outs, 0);
+}
+
+// ---- MoE layer ----------------------------------------------------------------------------------
+
+torch::Tensor sequence_balance_loss(const torch::Tensor& scores_BTE,
+                                    const torch::Tensor& indicator_idx_BTK, double alpha) {
+  const int64_t T = scores_BTE.size(1), E = scores_BTE.size(2);
+  const int64_t K = indicator_idx_BTK.size(2);
+  torch::Tensor f_BE;
+  {
+    torch::NoGradGuard no_grad;  // f is a count: a constant for the gradient (SPEC 2.4)
+    auto hits_BTE = torch::zeros_like(scores_BTE, scores_BTE.options().dtype(torch::kFloat32))
+                        .scatter_(2, indicator_idx_BTK, 1.0);
+    f_BE = hits_BTE.sum(1) * (static_cast<double>(E) / static_cast<double>(K * T));
+  }
+  auto s = scores_BTE.to(torch::kFloat32);
+  auto p_BE = (s / s.sum(-1, true)).mean(1);  // renormalised affinities s' (SPEC 8.8)
+  return alpha * (f_BE * p_BE).sum(-1).mean();
+}
+
+MoeImpl::MoeImpl(int64_t hidden, const config::MoeConfig& moe)
+    : moe_(moe), dispatcher_(std::make_shared<LocalTokenDispatcher>()) {
+  MOETRON_CHECK_CONFIG(moe.n_routed_experts && *moe.n_routed_experts > 0,
+                       "moe.n_routed_experts must be set for an MoE layer");
+  const int64_t E = *moe.n_routed_experts;
+  gate = register_module("gate", Gate(hidden, moe));
+  experts = register_module("experts", Experts(E, hidden, moe.moe_intermediate_size));
+  if (moe.n_shared_experts > 0) {
+    shared_experts = register_module("shared_experts",
+                                     Mlp(hidden, moe.moe_intermediate_size * moe.n_shared_experts));
+  }
+}
+
+void MoeImpl::reset_parameters(double std) {
+  gate->reset_parameters(std);
+  experts->reset_parameters(std);
+  if (!shared_experts.is_empty()) shared_experts->reset_parameters(std);
+}
+
+void MoeImpl::set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher) {
+  MOETRON_CHECK(dispatcher != nullptr, "set_dispatcher: null dispatcher");
+  dispatcher_ = std::move(dispatcher);
+}
+
+MoeOutput MoeImpl::forward(const torch::Tensor& x_BTD) {
+  const int64_t B = x_BTD.size(0), T = x_BTD.size(1), D = x_BTD.size(2);
+  const int64_t E = *moe_.n_routed_experts;
+  auto x_TD = x_BTD.reshape({B * T, D});
+  auto g = gate(x_TD);
+
+  MoeOutput out;
+  if (counts_impl_ == ops::Impl::kReference) {
+    // Sync-free histogram: top-k indices are in range by construction, so the op's bounds
+    // check (two host syncs) is skipped and the dispatcher's copy stays the layer's only sync.
+    auto idx_N = g.topk_idx_TK.reshape(-1);
+    out.counts_E = torch::zeros({E}, idx_N.options()).index_add_(0, idx_N, torch::ones_like(idx_N));
+  } else {
+    out.counts_E = ops::expert_counts(g.topk_idx_TK, E, counts_impl_);
+  }
+  auto st = dispatcher_->dispatch(x_TD, g.topk_idx_TK, g.topk_weight_TK, out.counts_E);
+  auto y_ND = experts(st.x_ND, st.counts, st.first_expert);
+  auto y_TD = dispatcher_->combine(y_ND, st);
+  if (!shared_experts.is_empty()) y_TD = y_TD + shared_experts(x_TD);
+  out.y_BTD = y_TD.view({B, T, D});
+
+  if (moe_.aux_loss_alpha > 0 && is_training()) {
+    const int64_t K = moe_.num_experts_per_tok;
+    auto scores_BTE = g.scores_TE.view({B, T, E});
+    // V3 counts the indicator on plain top-K of raw s (no bias, no groups; SPEC 2.4); the V2
+    // family uses the experts actually selected (its L_ExpBal).
+    torch::Tensor idx_BTK;
+    if (moe_.topk_method == config::TopkMethod::kNoauxTc) {
+      idx_BTK = std::get<1>(scores_BTE.detach().topk(K, -1));
+    } else {
+      idx_BTK = g.topk_idx_TK.view({B, T, K});
+    }
+    out.balance_loss = sequence_balance_loss(scores_BTE, idx_BTK, moe_.aux_loss_alpha);
+  }
+  return out;
+}
+
+}  // namespace moetron::model

@@ -1,0 +1,237 @@
+// RMSNorm, RoPE (interleaved == HF permute+rotate_half, YaRN oracles of SPEC 7.2), softmax
+// scales, and MLA: absorbed latent path == materialised path, incremental latent decoding.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "moetron/core/error.h"
+#include "moetron/model/mla.h"
+#include "moetron/model/rms_norm.h"
+#include "moetron/model/rope.h"
+#include "tiny.h"
+
+namespace moetron::model {
+namespace {
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+TEST(RMSNorm, MatchesFormulaInDouble) {
+  torch::manual_seed(0);
+  RMSNorm norm(8, 1e-6);
+  {
+    torch::NoGradGuard g;
+    norm->weight.normal_(1.0, 0.3);
+  }
+  auto x = torch::randn({3, 5, 8}) * 4;
+  auto y = norm(x);
+  auto xd = x.to(torch::kFloat64);
+  auto want = norm->weight.to(torch::kFloat64) * xd / torch::sqrt(xd.pow(2).mean(-1, true) + 1e-6);
+  EXPECT_LT(max_abs_diff(y, want), 1e-5);
+  EXPECT_EQ(y.scalar_type(), torch::kFloat32);
+}
+
+TEST(RMSNorm, Bf16CastsBeforeTheWeight) {
+  torch::manual_seed(1);
+  auto x = torch::randn({4, 16}).to(torch::kBFloat16);
+  auto w = (torch::rand({16}) + 0.5).to(torch::kBFloat16);
+  auto y = rms_norm(x, w, 1e-6);
+  auto x32 = x.to(torch::kFloat32);
+  auto want = w * (x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + 1e-6)).to(torch::kBFloat16);
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(y, want));
+}
+
+// HF apply_rotary_pos_emb_interleave: permute [x0,x1,..] -> [evens, odds], then rotate_half
+// with cos/sin = cat(freqs, freqs). Its output is ours with dims permuted (SPEC 1.4, 10.2).
+torch::Tensor hf_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t P = x.size(-1);
+  auto perm = x.unflatten(-1, {P / 2, 2}).transpose(-1, -2).flatten(-2);
+  auto c = torch::cat({cos, cos}, -1), s = torch::cat({sin, sin}, -1);
+  auto x1 = perm.narrow(-1, 0, P / 2), x2 = perm.narrow(-1, P / 2, P / 2);
+  auto rot = torch::cat({-x2, x1}, -1);
+  return perm * c + rot * s;
+}
+
+TEST(Rope, InterleavedEqualsHfPermuteRotateHalf) {
+  torch::manual_seed(2);
+  RotaryEmbedding rope(64, 10000.0, std::nullopt);
+  auto pos = torch::tensor({{0, 1, 7, 100, 4095}}, torch::kInt64);
+  auto ang = rope.angles(pos, torch::kFloat32);
+  auto x = torch::randn({1, 5, 64});
+  auto ours = apply_rope_interleaved(x, ang);
+  auto hf = hf_rope(x, ang.cos_BTR, ang.sin_BTR);
+  // Re-permute HF's [evens, odds] output back to interleaved order.
+  auto hf_back = hf.unflatten(-1, {2, 32}).transpose(-1, -2).flatten(-2);
+  EXPECT_LT(max_abs_diff(ours, hf_back), 1e-6);
+  // Plain half-split RoPE (pairs (j, j+32)) is a different model: must not match.
+  auto c = torch::cat({ang.cos_BTR, ang.cos_BTR}, -1),
+       s = torch::cat({ang.sin_BTR, ang.sin_BTR}, -1);
+  auto half = x * c + torch::cat({-x.narrow(-1, 32, 32), x.narrow(-1, 0, 32)}, -1) * s;
+  EXPECT_GT(max_abs_diff(ours, half), 1e-2);
+  // Position 0 is the identity.
+  EXPECT_LT(max_abs_diff(ours.select(1, 0), x.select(1, 0)), 1e-7);
+}
+
+TEST(Rope, ScoresDependOnlyOnRelativeOffset) {
+  torch::manual_seed(3);
+  RotaryEmbedding rope(8, 10000.0, std::nullopt);
+  auto q = torch::randn({1, 1, 8}), k = torch::randn({1, 1, 8});
+  auto at = [&](const torch::Tensor& v, int64_t p) {
+    return apply_rope_interleaved(
+        v, rope.angles(torch::tensor({{p}}, torch::kInt64), torch::kFloat32));
+  };
+  const double s1 = (at(q, 10) * at(k, 3)).sum().item<double>();
+  const double s2 = (at(q, 57) * at(k, 50)).sum().item<double>();
+  const double s3 = (at(q, 10) * at(k, 4)).sum().item<double>();
+  EXPECT_NEAR(s1, s2, 1e-5);
+  EXPECT_GT(std::abs(s1 - s3), 1e-4);
+}
+
+TEST(Rope, YarnInvFreqMatchesSpecOracles) {
+  config::RopeScaling y;  // V3: factor 40, L0 4096, beta 32/1
+  auto inv = rope_inv_freq(64, 10000.0, y);
+  ASSERT_EQ(inv.size(0), 32);
+  auto plain = rope_inv_freq(64, 10000.0, std::nullopt);
+  const std::vector<std::pair<int, double>> oracle = {
+      {0, 1.0},          {10, 5.623413e-2}, {11, 3.900693e-2}, {16, 5.5e-3},
+      {22, 1.778279e-4}, {23, 3.333804e-5}, {31, 3.333804e-6}};
+  for (auto [j, want] : oracle) {
+    EXPECT_NEAR(inv[j].item<double>() / want, 1.0, 2e-6) << "inv_freq[" << j << "]";
+  }
+  EXPECT_NEAR(plain[11].item<double>(), 4.216965e-2, 1e-7);
+  EXPECT_NEAR(plain[16].item<double>(), 1.0e-2, 1e-8);
+  // j <= 10 unchanged, j >= 23 divided by 40.
+  EXPECT_TRUE(torch::equal(inv.narrow(0, 0, 11), plain.narrow(0, 0, 11)));
+  EXPECT_LT((inv.narrow(0, 23, 9) / (plain.narrow(0, 23, 9) / 40) - 1).abs().max().item<double>(),
+            1e-6);
+}
+
+TEST(Rope, SoftmaxScalesMatchSpec) {
+  auto c = testing::v3_config();
+  c.model.rope_scaling.reset();
+  EXPECT_NEAR(softmax_scale(c.model, c.mla), 0.0721688, 1e-7);
+  c = testing::v3_config();
+  EXPECT_NEAR(softmax_scale(c.model, c.mla), 0.1352338, 1e-7);
+  c = testing::v2_lite_config();
+  EXPECT_NEAR(softmax_scale(c.model, c.mla), 0.1147214, 1e-7);
+  EXPECT_NEAR(yarn_get_mscale(40, 1.0), 1.368888, 1e-6);
+  EXPECT_DOUBLE_EQ(RotaryEmbedding(c).attention_factor(), 1.0);
+}
+
+// ---- MLA ----------------------------------------------------------------------------------
+
+config::Config mla_config(bool q_lora, bool yarn) {
+  auto c = testing::tiny_config(q_lora);
+  c.model.hidden_size = 64;  // SPEC 10.1: d 64, n_h 4, q_lora 32, kv_lora 16, nope 8, rope 4, v 8
+  c.mla.q_lora_rank = q_lora ? std::optional<int64_t>(32) : std::nullopt;
+  if (yarn) {
+    config::RopeScaling y;
+    y.original_max_position_embeddings = 16;
+    y.mscale_all_dim = 0.707;
+    y.mscale = 0.707;
+    c.model.rope_scaling = y;
+  }
+  return c;
+}
+
+class MlaPaths : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
+
+TEST_P(MlaPaths, AbsorbedEqualsMaterialised) {
+  auto [q_lora, yarn] = GetParam();
+  auto cfg = mla_config(q_lora, yarn);
+  torch::manual_seed(4);
+  MlaAttention attn(cfg);
+  attn->reset_parameters(0.2);
+  RotaryEmbedding rope(cfg);
+  const int64_t B = 2, T = 9;
+  auto x = torch::randn({B, T, 64});
+  auto pos = default_position_ids(B, T, torch::kCPU) + 3;  // offset positions: any shift
+  auto ang = rope.angles(pos, torch::kFloat32);
+  auto full = attn(x, ang);
+  auto cache = attn->latent_kv(x, ang);
+  ASSERT_EQ(cache.c_kv_BSC.sizes(), (std::vector<int64_t>{B, T, 16}));
+  ASSERT_EQ(cache.k_pe_BSP.sizes(), (std::vector<int64_t>{B, T, 4}));
+  auto mask = cache_causal_mask(torch::arange(T).unsqueeze(0).expand({B, T}), T);
+  auto absorbed = attn->forward_absorbed(x, ang, cache, mask);
+  EXPECT_GT(full.abs().mean().item<double>(), 1e-2);  // non-trivial outputs
+  EXPECT_LT(max_abs_diff(full, absorbed), 1e-5);
+  EXPECT_EQ(q_lora, !attn->q_a_proj.is_empty());
+  EXPECT_EQ(q_lora, attn->q_proj.is_empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(QLoraYarn, MlaPaths,
+                         ::testing::Combine(::testing::Bool(), ::testing::Bool()));
+
+TEST(Mla, IncrementalLatentDecodingMatchesFullSequence) {
+  auto cfg = mla_config(true, false);
+  torch::manual_seed(5);
+  MlaAttention attn(cfg);
+  attn->reset_parameters(0.2);
+  RotaryEmbedding rope(cfg);
+  const int64_t T = 8;
+  auto x = torch::randn({1, T, 64});
+  auto pos = default_position_ids(1, T, torch::kCPU);
+  auto full = attn(x, rope.angles(pos, torch::kFloat32));
+  // Grow the cache one token at a time, as a decoder would.
+  std::vector<torch::Tensor> c_kv, k_pe;
+  for (int64_t t = 0; t < T; ++t) {
+    auto xt = x.narrow(1, t, 1);
+    auto ang_t = rope.angles(pos.narrow(1, t, 1), torch::kFloat32);
+    auto entry = attn->latent_kv(xt, ang_t);
+    c_kv.push_back(entry.c_kv_BSC);
+    k_pe.push_back(entry.k_pe_BSP);
+    LatentKV cache{torch::cat(c_kv, 1), torch::cat(k_pe, 1)};
+    auto out =
+        attn->forward_absorbed(xt, ang_t, cache, cache_causal_mask(pos.narrow(1, t, 1), t + 1));
+    EXPECT_LT(max_abs_diff(out, full.narrow(1, t, 1)), 1e-5) << "t=" << t;
+  }
+}
+
+TEST(Mla, KvLayernormSkipsRopeDims) {
+  auto cfg = mla_config(true, false);
+  torch::manual_seed(6);
+  MlaAttention attn(cfg);
+  attn->reset_parameters(0.2);
+  RotaryEmbedding rope(cfg);
+  auto x = torch::randn({1, 3, 64});
+  auto ang = rope.angles(default_position_ids(1, 3, torch::kCPU), torch::kFloat32);
+  auto lat = attn->latent_kv(x, ang);
+  auto raw = attn->kv_a_proj_with_mqa(x);
+  auto c = raw.narrow(-1, 0, 16);
+  EXPECT_LT(max_abs_diff(lat.c_kv_BSC, c * torch::rsqrt(c.pow(2).mean(-1, true) + 1e-6)), 1e-5);
+  EXPECT_LT(max_abs_diff(lat.k_pe_BSP, apply_rope_interleaved(raw.narrow(-1, 16, 4), ang)), 1e-6);
+}
+
+TEST(Mla, SegmentMaskEqualsCausalForOneSegmentAndBlocksOthers) {
+  auto cfg = mla_config(true, false);
+  torch::manual_seed(7);
+  MlaAttention attn(cfg);
+  attn->reset_parameters(0.2);
+  RotaryEmbedding rope(cfg);
+  const int64_t T = 7;
+  auto x = torch::randn({1, T, 64});
+  auto ang = rope.angles(default_position_ids(1, T, torch::kCPU), torch::kFloat32);
+  auto one_segment = attn(x, ang, torch::zeros({1, T}, torch::kInt64));
+  EXPECT_LT(max_abs_diff(one_segment, attn(x, ang)), 1e-6);
+  auto seg = torch::tensor({{0, 0, 0, 1, 1, 1, 1}}, torch::kInt64);
+  auto a = attn(x, ang, seg);
+  auto x2 = x.clone();
+  x2.narrow(1, 0, 3).normal_();
+  auto b = attn(x2, ang, seg);
+  EXPECT_LT(max_abs_diff(a.narrow(1, 3, 4), b.narrow(1, 3, 4)), 1e-6);
+  EXPECT_GT(max_abs_diff(attn(x, ang).narrow(1, 3, 4), attn(x2, ang).narrow(1, 3, 4)), 1e-3);
+}
+
+TEST(Mla, AbsorbedRejectsBadMask) {
+  auto cfg = mla_config(true, false);
+  MlaAttention attn(cfg);
+  RotaryEmbedding rope(cfg);
+  auto x = torch::randn({1, 3, 64});
+  auto ang = rope.angles(default_position_ids(1, 3, torch::kCPU), torch::kFloat32);
+  auto cache = attn->latent_kv(x, ang);
+  EXPECT_THROW(attn->forward_absorbed(x, ang, cache, torch::ones({1, 3, 2}, torch::kBool)), Error);
+}
+
+}  // namespace
+}  // namespace moetron::model
