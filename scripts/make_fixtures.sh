@@ -30,17 +30,21 @@ rm -rf "$out.partial"
 mkdir -p "$out.partial"
 export PYTHONHASHSEED=0 OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export HF_HUB_DISABLE_PROGRESS_BARS=1
-if ! "$python" "$here/fixtures/hf_deepseek_v3.py" --out "$out.partial/hf" >"$out.partial/log.txt" 2>&1; then
-  cat "$out.partial/log.txt" >&2
-  echo "[fixtures] error: scripts/fixtures/hf_deepseek_v3.py failed (log above)" >&2
-  exit 1
-fi
-if ! "$python" "$here/fixtures/hf_tokenizers.py" --out "$out.partial/tokenizers" \
-    >>"$out.partial/log.txt" 2>&1; then
-  cat "$out.partial/log.txt" >&2
-  echo "[fixtures] error: scripts/fixtures/hf_tokenizers.py failed (log above)" >&2
-  exit 1
-fi
+# generator script -> output folder under $out
+generators=(
+  "hf_deepseek_v3.py --out $out.partial/hf"
+  "hf_model_logits.py $out.partial"
+  "hf_tokenizers.py --out $out.partial/tokenizers"
+)
+for g in "${generators[@]}"; do
+  script=${g%% *}
+  # shellcheck disable=SC2086
+  if ! "$python" "$here/fixtures/$script" ${g#* } >>"$out.partial/log.txt" 2>&1; then
+    cat "$out.partial/log.txt" >&2
+    echo "[fixtures] error: scripts/fixtures/$script failed (log above)" >&2
+    exit 1
+  fi
+done
 printf '%s' "$stamp" >"$out.partial/.stamp"
 rm -rf "$out"
 mv "$out.partial" "$out"
