@@ -4,7 +4,7 @@
 
 #include <filesystem>
 
-#include "cli_runner.h"
+#include "support/cli_runner.h"
 
 namespace moetron::testing {
 namespace {
