@@ -34,6 +34,7 @@ struct ConfigArgs {
 void add_config_args(CLI::App& app, const std::shared_ptr<ConfigArgs>& args, bool required);
 
 // Commands (one file each).
+Run setup_bench(CLI::App& app);
 Run setup_config(CLI::App& app);
 Run setup_convert(CLI::App& app);
 Run setup_score(CLI::App& app);

@@ -1,0 +1,146 @@
+// `moetron bench model CONFIG [overrides]`: times a training step (forward + backward) of the
+// configured model and, with --hf, the same weights and batch in HF transformers in the same
+// run (bench/hf_train_step.py), printing the ratio. Timings live here, never in tests.
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include <unistd.h>
+
+#include "command.h"
+#include "moetron/build_config.h"
+#include "moetron/ckpt/hf_model.h"
+#include "moetron/config/loader.h"
+#include "moetron/core/error.h"
+#include "moetron/core/files.h"
+#include "moetron/core/timer.h"
+#include "moetron/model/accounting.h"
+
+namespace moetron::cli {
+namespace {
+
+struct BenchModelArgs {
+  std::shared_ptr<ConfigArgs> config = std::make_shared<ConfigArgs>();
+  int64_t batch = 4;
+  int64_t seq = 256;
+  int steps = 5;
+  int warmup = 1;
+  int threads = 2;
+  int64_t seed = 0;
+  bool hf = false;
+  std::string python = MOETRON_PYTHON_DEFAULT;
+};
+
+std::string run_capture(const std::string& cmd) {
+  std::array<char, 4096> buf{};
+  std::string out;
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  if (pipe == nullptr) throw Error(str_cat("cannot run: ", cmd));
+  while (std::fgets(buf.data(), buf.size(), pipe) != nullptr) out += buf.data();
+  const int status = ::pclose(pipe);
+  if (status != 0) throw Error(str_cat("command failed (status ", status, "): ", cmd, "\n", out));
+  return out;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int run_bench_model(const BenchModelArgs& args) {
+  config::Config cfg = config::load_file(args.config->path, args.config->overrides);
+  torch::set_num_threads(args.threads);
+  // Same ids as the Python side: torch.manual_seed(seed); torch.randint(...) before the model.
+  torch::manual_seed(args.seed);
+  auto ids = torch::randint(0, cfg.model.vocab_size, {args.batch, args.seq}, torch::kLong);
+  torch::manual_seed(args.seed + 1);
+  model::DeepseekV3ForCausalLM m(cfg);
+  m->train();
+  // Like for like with HF: main next-token loss only (HF has no MTP and no balance loss).
+  model::ForwardOptions opts;
+  opts.compute_mtp = false;
+  opts.compute_balance = false;
+
+  std::vector<double> times;
+  double first_loss = 0;
+  for (int i = 0; i < args.warmup + args.steps; ++i) {
+    m->zero_grad();
+    Stopwatch sw;
+    auto out = m->forward(ids, ids, {}, {}, opts);
+    out.loss.backward();
+    const double dt = sw.seconds();
+    if (i == 0) first_loss = out.loss.item<double>();
+    if (i >= args.warmup) times.push_back(dt);
+  }
+  const double ours_ms = 1000 * median(times);
+  const double tokens = static_cast<double>(args.batch * args.seq);
+  const auto flops = model::forward_flops_per_token(cfg, args.seq);
+  std::cout << std::fixed << std::setprecision(2);
+  std::cout << "config " << args.config->path << ": " << model::summary_line(cfg, args.seq) << "\n";
+  std::cout << "batch " << args.batch << " x seq " << args.seq << ", threads " << args.threads
+            << ", " << args.steps << " timed steps (median)\n";
+  std::cout << "moetron  step " << ours_ms << " ms  (" << std::setprecision(0)
+            << tokens / (ours_ms / 1000) << " tokens/s, " << std::setprecision(2)
+            << 3 * flops.total * tokens / (ours_ms / 1000) / 1e9 << " GFLOP/s)  loss "
+            << std::setprecision(6) << first_loss << "\n";
+  if (!args.hf) return 0;
+
+  // Export the same weights, then time HF on them.
+  const std::string dir = str_cat("/tmp/moetron-bench-", ::getpid());
+  remove_tree(dir);
+  ckpt::save_hf_model(dir, m, torch::kFloat32);
+  const std::string script = std::string(MOETRON_SOURCE_DIR_DEFAULT) + "/bench/hf_train_step.py";
+  std::ostringstream cmd;
+  cmd << "HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error OMP_NUM_THREADS=" << args.threads << " "
+      << args.python << " " << script << " --model " << dir << " --batch " << args.batch
+      << " --seq " << args.seq << " --steps " << args.steps << " --warmup " << args.warmup
+      << " --threads " << args.threads << " --seed " << args.seed << " 2>/dev/null";
+  std::string out;
+  try {
+    out = run_capture(cmd.str());
+  } catch (...) {
+    remove_tree(dir);
+    throw;
+  }
+  remove_tree(dir);
+  const auto line = out.substr(out.rfind('{'));
+  const auto hf = nlohmann::json::parse(line);
+  const double hf_ms = hf.at("ms_per_step").get<double>();
+  std::cout << std::setprecision(2) << "hf       step " << hf_ms << " ms  (" << std::setprecision(0)
+            << tokens / (hf_ms / 1000) << " tokens/s)  loss " << std::setprecision(6)
+            << hf.at("loss").get<double>() << "\n";
+  std::cout << std::setprecision(3) << "ratio moetron/hf = " << ours_ms / hf_ms
+            << "  (target <= 0.5)\n";
+  return 0;
+}
+
+}  // namespace
+
+Run setup_bench(CLI::App& app) {
+  app.require_subcommand(1);
+  auto args = std::make_shared<BenchModelArgs>();
+  CLI::App* model = app.add_subcommand(
+      "model", "Forward+backward step time of CONFIG's model (and HF transformers with --hf)");
+  add_config_args(*model, args->config, true);
+  model->add_option("--batch", args->batch, "Sequences per step")->capture_default_str();
+  model->add_option("--seq", args->seq, "Tokens per sequence")->capture_default_str();
+  model->add_option("--steps", args->steps, "Timed steps")->capture_default_str();
+  model->add_option("--warmup", args->warmup, "Untimed steps first")->capture_default_str();
+  model->add_option("--threads", args->threads, "CPU threads (both sides)")->capture_default_str();
+  model->add_option("--seed", args->seed, "Seed of the ids and the init")->capture_default_str();
+  model->add_flag("--hf", args->hf, "Also time HF transformers on the same weights and batch");
+  model->add_option("--python", args->python, "Python with transformers (default: the venv)");
+  Run run_model = [args] { return run_bench_model(*args); };
+  return [model, run_model]() -> int {
+    if (model->parsed()) return run_model();
+    throw Error(ErrorKind::kUsage, "bench: choose a benchmark (model)");
+  };
+}
+
+}  // namespace moetron::cli
