@@ -24,8 +24,7 @@ LoadedModel load_hf_model(const std::string& dir, const config::Config& base) {
   out.config.mtp = ckpt.config.config.mtp;
   model::validate_model_config(out.config);
   out.model = model::DeepseekV3ForCausalLM(out.config);
-  std::unordered_map<std::string, torch::Tensor> tensors(ckpt.tensors.begin(),
-                                                         ckpt.tensors.end());
+  std::unordered_map<std::string, torch::Tensor> tensors(ckpt.tensors.begin(), ckpt.tensors.end());
   try {
     model::load_hf_tensors(out.model, tensors);
   } catch (const Error& e) {

@@ -1,8 +1,8 @@
 // `moetron bench model CONFIG [overrides]`: times a training step (forward + backward) of the
 // configured model and, with --hf, the same weights and batch in HF transformers in the same
 // run (bench/hf_train_step.py), printing the ratio. Timings live here, never in tests.
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>

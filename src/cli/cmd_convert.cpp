@@ -24,7 +24,8 @@ int run_convert(const ConvertArgs& args) {
   if (args.dtype == "fp32") {
     dtype = torch::kFloat32;
   } else if (args.dtype != "bf16") {
-    throw Error(ErrorKind::kUsage, str_cat("--dtype: expected bf16 or fp32, got '", args.dtype, "'"));
+    throw Error(ErrorKind::kUsage,
+                str_cat("--dtype: expected bf16 or fp32, got '", args.dtype, "'"));
   }
   torch::NoGradGuard no_grad;
   auto loaded = ckpt::load_hf_model(args.from);

@@ -1,7 +1,7 @@
 // `moetron score --model DIR --input IN.jsonl [--output OUT.jsonl]`: per-token log-probabilities
 // of the given next tokens and the mean loss, one output line per input line {"ids": [...]}.
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <fstream>
 #include <iostream>
@@ -22,8 +22,7 @@ struct ScoreArgs {
   int64_t chunk = 256;
 };
 
-std::vector<int64_t> parse_ids(const std::string& line, const std::string& where,
-                               int64_t vocab) {
+std::vector<int64_t> parse_ids(const std::string& line, const std::string& where, int64_t vocab) {
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(line);

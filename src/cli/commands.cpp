@@ -6,10 +6,12 @@ namespace moetron::cli {
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
       {"config", "Print the resolved config (or the config reference) and check it", setup_config},
-      {"tokenize", "Encode JSONL text to token ids (or decode ids) with a tokenizer", setup_tokenize},
+      {"tokenize", "Encode JSONL text to token ids (or decode ids) with a tokenizer",
+       setup_tokenize},
       {"score", "Per-token log-probabilities and mean loss of token sequences", setup_score},
       {"bench", "Benchmarks: a model's training step against HF transformers", setup_bench},
-      {"convert", "Check an HF DeepSeek checkpoint against the model and rewrite it", setup_convert},
+      {"convert", "Check an HF DeepSeek checkpoint against the model and rewrite it",
+       setup_convert},
   };
   return all;
 }

@@ -1,8 +1,8 @@
 // `moetron score`, `convert` and `tokenize` as a user runs them: exit codes, messages naming the
 // file and line, and score output equal to HF transformers' log-probabilities.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <sstream>
 
@@ -35,8 +35,8 @@ Inputs fixture_inputs() {
   std::string jsonl;
   for (int64_t b = 0; b < ids.size(0); ++b) {
     nlohmann::json row;
-    row["ids"] = std::vector<int64_t>(ids[b].data_ptr<int64_t>(),
-                                      ids[b].data_ptr<int64_t>() + ids.size(1));
+    row["ids"] =
+        std::vector<int64_t>(ids[b].data_ptr<int64_t>(), ids[b].data_ptr<int64_t>() + ids.size(1));
     jsonl += row.dump() + "\n";
   }
   return {jsonl, expected.at("logprobs")};
@@ -46,9 +46,8 @@ TEST(CliScore, MatchesTransformersLogprobs) {
   const std::string dir = scratch_dir();
   auto inputs = fixture_inputs();
   write_text(dir + "/in.jsonl", inputs.jsonl);
-  const CliResult r =
-      run_moetron({"score", "--model", kFixture, "--input", "in.jsonl", "--output", "out.jsonl"},
-                  dir);
+  const CliResult r = run_moetron(
+      {"score", "--model", kFixture, "--input", "in.jsonl", "--output", "out.jsonl"}, dir);
   ASSERT_EQ(r.code, 0) << r.err;
   auto rows = parse_lines(read_text(dir + "/out.jsonl"));
   ASSERT_EQ(static_cast<int64_t>(rows.size()), inputs.logprobs.size(0));
@@ -57,7 +56,8 @@ TEST(CliScore, MatchesTransformersLogprobs) {
     ASSERT_EQ(static_cast<int64_t>(got.size()), inputs.logprobs.size(1));
     double sum = 0;
     for (size_t i = 0; i < got.size(); ++i) {
-      EXPECT_NEAR(got[i], inputs.logprobs[b][i].item<double>(), 1e-4) << "row " << b << " pos " << i;
+      EXPECT_NEAR(got[i], inputs.logprobs[b][i].item<double>(), 1e-4)
+          << "row " << b << " pos " << i;
       sum += got[i];
     }
     EXPECT_NEAR(rows[b]["loss"].get<double>(), -sum / got.size(), 1e-9);
@@ -86,7 +86,8 @@ TEST(CliScore, BadLinesNameFileAndLine) {
 TEST(CliConvert, Fp32RoundTripScoresIdenticallyAndRefusesToClobber) {
   const std::string dir = scratch_dir();
   write_text(dir + "/in.jsonl", fixture_inputs().jsonl);
-  CliResult r = run_moetron({"convert", "--from", kFixture, "--to", "conv", "--dtype", "fp32"}, dir);
+  CliResult r =
+      run_moetron({"convert", "--from", kFixture, "--to", "conv", "--dtype", "fp32"}, dir);
   ASSERT_EQ(r.code, 0) << r.err;
   const CliResult a = run_moetron({"score", "--model", kFixture, "--input", "in.jsonl"}, dir);
   const CliResult b = run_moetron({"score", "--model", "conv", "--input", "in.jsonl"}, dir);

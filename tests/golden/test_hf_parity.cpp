@@ -98,8 +98,8 @@ TEST_P(HfParity, ExportReloadsInTransformersWithIdenticalTensors) {
   remove_tree(out + ".resaved");
   ckpt::save_hf_model(out, loaded.model, torch::kFloat32);
   const std::string cmd = "HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error " + python + " " +
-                          MOETRON_SOURCE_DIR + "/scripts/fixtures/check_hf_reload.py " + out +
-                          " " + dir_ + " > " + out + ".log 2>&1";
+                          MOETRON_SOURCE_DIR + "/scripts/fixtures/check_hf_reload.py " + out + " " +
+                          dir_ + " > " + out + ".log 2>&1";
   const int rc = std::system(cmd.c_str());
   EXPECT_EQ(rc, 0) << read_text_file(out + ".log");
   remove_tree(out);

@@ -1,0 +1,35 @@
+// Batched autoregressive sampling over the MLA latent KV cache: left-padded prefill, then one
+// token per step; rows that finish are dropped from the batch so the cost follows the live rows.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moetron/model/model.h"
+
+namespace moetron::rl {
+
+struct SamplingOptions {
+  int64_t max_new_tokens = 128;
+  bool greedy = false;  // argmax; ignores temperature / top-k / top-p
+  double temperature = 1.0;
+  int64_t top_k = 0;              // 0 = off
+  double top_p = 1.0;             // 1 = off
+  std::vector<int64_t> stop_ids;  // e.g. eos; the stop token is kept in the completion
+  uint64_t seed = 0;              // sampling generator seed (runs are reproducible)
+};
+
+struct Completion {
+  std::vector<int64_t> ids;     // generated tokens only
+  std::vector<float> logprobs;  // log p of each generated token under the sampling distribution
+                                // before temperature/top-k/top-p (the model's own)
+  bool stopped = false;         // ended on a stop id (false: hit max_new_tokens)
+};
+
+// Generates one completion per prompt. The model is switched to eval() and restored after;
+// runs under NoGradGuard. Prompts must be non-empty and fit max_position_embeddings.
+std::vector<Completion> generate(model::DeepseekV3ForCausalLM& model,
+                                 const std::vector<std::vector<int64_t>>& prompts,
+                                 const SamplingOptions& options);
+
+}  // namespace moetron::rl
