@@ -69,7 +69,6 @@ BatchLoader::BatchLoader(const config::DataConfig& data, config::Stage stage,
     : stage_(stage),
       split_(split),
       tokenizer_(tokenizer),
-      chat_(tokenizer, std::move(chat)),
       micro_batch_size_(micro_batch_size),
       seq_len_(seq_len),
       seed_(seed),
@@ -91,6 +90,8 @@ BatchLoader::BatchLoader(const config::DataConfig& data, config::Stage stage,
                                             " has neither a pad nor an eos token to pad with"));
   }
   pad_id_ = *pad;
+  if (stage == config::Stage::kSft)
+    chat_ = std::make_unique<ChatTemplate>(tokenizer, std::move(chat));
   file_ = open_dataset(data, stage, split, seed);
   stats_.num_records = file_->size();
   stats_.skipped_bad_lines = file_->skipped_bad_lines();
@@ -143,7 +144,7 @@ const BatchLoader::SftTokens& BatchLoader::current_sample() {
   int64_t idx = record_index(cursor_);
   if (cached_index_ != idx || !sample_) {
     SftSample s = parse_sft_record(file_->line(idx), file_->where(idx));
-    RenderedChat r = chat_.render(s.messages);
+    RenderedChat r = chat_->render(s.messages);
     sample_ = std::make_unique<SftTokens>(SftTokens{std::move(r.ids), std::move(r.loss_mask)});
     cached_index_ = idx;
   }

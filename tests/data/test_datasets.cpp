@@ -477,6 +477,45 @@ TEST(Resume, RejectsMismatchedState) {
   EXPECT_THROW(c.restore(j.dump()), Error);
 }
 
+// Bytes plus one eos (256); no bos, no pad, no chat strings: an HF-like tokenizer whose
+// specials differ from the byte tokenizer's.
+class EosOnlyTokenizer : public Tokenizer {
+ public:
+  std::vector<int32_t> encode(std::string_view text, bool) const override {
+    return std::vector<int32_t>(text.begin(), text.end());
+  }
+  std::string decode(const std::vector<int32_t>&, bool) const override { return ""; }
+  int32_t vocab_size() const override { return 257; }
+  std::optional<int32_t> token_to_id(std::string_view) const override { return std::nullopt; }
+  std::optional<std::string> id_to_token(int32_t) const override { return std::nullopt; }
+  bool is_special(int32_t id) const override { return id == 256; }
+  std::optional<int32_t> bos_id() const override { return std::nullopt; }
+  std::optional<int32_t> eos_id() const override { return 256; }
+  std::optional<int32_t> pad_id() const override { return std::nullopt; }
+  std::string name() const override { return "eos-only"; }
+};
+
+TEST(Loader, TokenizerWithoutBosOrPad) {
+  ScratchDir dir;
+  std::string path = dir.write_lines("pt.jsonl", {text_line("abc")});
+  EosOnlyTokenizer tok;
+  auto cfg = data_config("", path);
+  cfg.pack = false;
+  // Pretraining needs no chat strings; documents are text + eos and padding falls back to eos.
+  BatchLoader loader(cfg, config::Stage::kPretrain, tok, 1, 6, 1, Split::kEval);
+  Batch b = loader.next();
+  EXPECT_EQ(b.input_ids, (std::vector<int64_t>{'a', 'b', 'c', 256, 256, 256}));
+  EXPECT_EQ(b.labels, (std::vector<int64_t>{'a', 'b', 'c', 256, I, I}));
+  EXPECT_EQ(b.segment_ids, (std::vector<int64_t>{0, 0, 0, 0, 1, 1}));
+  // SFT needs the template's bos / eos strings to be single tokens of this tokenizer.
+  std::string sft = dir.write_lines("sft.jsonl", {sft_line("a", "b")});
+  Error e = error_of([&] {
+    BatchLoader l(data_config("", sft), config::Stage::kSft, tok, 1, 8, 1, Split::kEval);
+  });
+  EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+  EXPECT_NE(std::string(e.what()).find("eos-only"), std::string::npos) << e.what();
+}
+
 TEST(Loader, BuiltinTaskWithoutPaths) {
   ByteTokenizer tok;
   config::DataConfig cfg;  // no paths: the built-in arithmetic task

@@ -71,7 +71,7 @@ class BatchLoader {
   config::Stage stage_;
   Split split_;
   const Tokenizer& tokenizer_;
-  ChatTemplate chat_;
+  std::unique_ptr<ChatTemplate> chat_;  // SFT only (its token strings need not exist otherwise)
   int64_t micro_batch_size_, seq_len_, seed_;
   bool pack_;
   std::unique_ptr<JsonlFile> file_;
