@@ -1,0 +1,73 @@
+// Training checkpoints: the full training state (model parameters and buffers, AdamW state by
+// parameter name, RNG states, trainer/loader/metrics state, config) in checkpoints/step-<N>/,
+// written crash-safely with a checksummed manifest, verified before anything is loaded.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+#include <nlohmann/json.hpp>
+
+namespace moetron::ckpt {
+
+// Layout of one checkpoint directory (all written before manifest.json, which comes last).
+inline constexpr const char* kModelFile = "model.safetensors";
+inline constexpr const char* kOptimizerFile = "optimizer.safetensors";
+inline constexpr const char* kRngFile = "rng.safetensors";
+inline constexpr const char* kTrainerStateFile = "trainer_state.json";
+inline constexpr const char* kConfigFile = "config.yaml";
+inline constexpr const char* kManifestFile = "manifest.json";
+inline constexpr const char* kLatestFile = "latest";  // in the checkpoints directory
+inline constexpr int64_t kTrainCheckpointVersion = 1;
+
+// What the trainer owns; the checkpoint stores it verbatim.
+struct TrainState {
+  int64_t step = 0;              // optimizer steps taken; names the directory step-<N>
+  std::string loader_state;      // the data loader's own (JSON) text, opaque here
+  nlohmann::json metrics_state;  // opaque
+  nlohmann::json extra;          // anything else the trainer wants back
+  std::string config_yaml;       // the resolved config text
+};
+
+// "<checkpoints_dir>/step-<step>".
+std::string checkpoint_path(const std::string& checkpoints_dir, int64_t step);
+
+// Writes step-<state.step> under `checkpoints_dir` (created if missing): everything goes into
+// step-<N>.tmp.<pid>/ (each file fsynced), the manifest last, then the directory is renamed into
+// place (an existing step-<N> is swapped out and removed only afterwards), `latest` is rewritten
+// atomically, and older checkpoints beyond the newest `keep_last` are removed (keep_last <= 0:
+// keep all; never the one just written nor the one `latest` named). Stale temporary directories
+// of dead processes are removed first. The optimizer must be a torch::optim::AdamW whose
+// parameters all belong to `model`. Returns the checkpoint directory.
+std::string save_train_checkpoint(const std::string& checkpoints_dir, torch::nn::Module& model,
+                                  torch::optim::Optimizer& optimizer, const TrainState& state,
+                                  int64_t keep_last);
+
+// Verifies the manifest (sizes and SHA-256), then reads and checks everything against `model` and
+// `optimizer` (names, shapes, dtypes, group membership) before changing any of them: on error
+// nothing is modified and the message names the file and every offending name, plus the valid
+// checkpoints next to this one. Restores parameters, buffers, AdamW state and hyper-parameters
+// by parameter name, and the CPU (and CUDA, per device) generator states.
+TrainState load_train_checkpoint(const std::string& checkpoint_dir, torch::nn::Module& model,
+                                 torch::optim::Optimizer& optimizer);
+
+// The checkpoint `train.resume: auto` resumes from: the one `latest` names if it verifies, else
+// the newest that verifies (each skipped one is logged with its reason); nullopt when none does.
+std::optional<std::string> find_resume_checkpoint(const std::string& checkpoints_dir);
+
+// Checkpoint directories (exactly "step-<N>") in ascending step order, verified or not;
+// temporary and partly deleted directories are never listed. Empty if the directory is missing.
+std::vector<std::string> list_checkpoints(const std::string& checkpoints_dir);
+
+// Checks the manifest and every file it lists (present, size, SHA-256) and that all required
+// files are listed; throws moetron::Error naming the bad file.
+void verify_checkpoint(const std::string& checkpoint_dir);
+
+// The checkpoints of `checkpoints_dir` that verify, ascending by step.
+std::vector<std::string> list_valid_checkpoints(const std::string& checkpoints_dir);
+
+}  // namespace moetron::ckpt
