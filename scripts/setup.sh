@@ -65,7 +65,7 @@ if [ -z "$torch_cmake" ]; then
   mkdir -p "$(dirname "$venv")"
   "$python" -m venv "$tmp"
   "$tmp/bin/python" -m pip install -q --upgrade pip
-  "$tmp/bin/python" -m pip install -q "torch==$torch_version" numpy
+  "$tmp/bin/python" -m pip install -q "torch==$torch_version"
   rm -rf "$venv"
   mv "$tmp" "$venv"
   # venvs hard-code their path in scripts; recreate the activation metadata for the new path.
@@ -75,6 +75,11 @@ if [ -z "$torch_cmake" ]; then
   [ -n "$torch_cmake" ] || die "torch was installed into $venv but cannot be imported"
 fi
 say "LibTorch: $torch_cmake"
+# Python tools of the repo (scripts/plot_metrics.py) use the same venv.
+if ! "$venv/bin/python" -c 'import numpy, matplotlib' 2>/dev/null; then
+  say "installing numpy and matplotlib into $venv"
+  "$venv/bin/python" -m pip install -q numpy matplotlib
+fi
 printf '%s\n' "$venv" >"$repo/.moetron-venv.tmp" && mv "$repo/.moetron-venv.tmp" "$repo/.moetron-venv"
 
 [ "${MOETRON_SKIP_BUILD:-0}" = 1 ] && exit 0

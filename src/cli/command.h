@@ -36,6 +36,11 @@ void add_config_args(CLI::App& app, const std::shared_ptr<ConfigArgs>& args, boo
 // Commands (one file each).
 Run setup_bench(CLI::App& app);
 Run setup_config(CLI::App& app);
+Run setup_data(CLI::App& app);
+Run setup_eval(CLI::App& app);
+Run setup_generate(CLI::App& app);
+Run setup_run(CLI::App& app);
+Run setup_train(CLI::App& app);
 Run setup_convert(CLI::App& app);
 Run setup_score(CLI::App& app);
 Run setup_tokenize(CLI::App& app);

@@ -5,6 +5,12 @@ namespace moetron::cli {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
+      {"run", "The whole recipe on the built-in task: data, pretrain, SFT, per-stage eval", setup_run},
+      {"train", "Train one stage (train.stage: pretrain | sft) with checkpoints and resume",
+       setup_train},
+      {"eval", "Held-out loss and task accuracy of a checkpoint", setup_eval},
+      {"generate", "Sample completions of chat prompts from a checkpoint", setup_generate},
+      {"data", "Built-in task data: moetron data make TASK --out DIR", setup_data},
       {"config", "Print the resolved config (or the config reference) and check it", setup_config},
       {"tokenize", "Encode JSONL text to token ids (or decode ids) with a tokenizer",
        setup_tokenize},

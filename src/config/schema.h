@@ -104,6 +104,13 @@ void visit_data(D& d, V& v) {
   v.field("skip_bad_lines", d.skip_bad_lines,
           Info("Skip malformed JSONL lines instead of stopping."));
   v.field("shuffle_seed", d.shuffle_seed, Info("Seed of the data order.").min(0));
+  v.field("task_max_digits", d.task_max_digits,
+          Info("Built-in arithmetic: operands have 1..n digits.").min(1).max(9));
+  v.field("task_max_numbers", d.task_max_numbers,
+          Info("Built-in countdown: 3..n given numbers.").min(3).max(6));
+  v.field("task_size", d.task_size,
+          Info("Built-in task: pretraining documents, SFT samples and RL prompts each.").min(1));
+  v.field("task_eval_size", d.task_eval_size, Info("Built-in task: held-out problems.").min(1));
 }
 
 template <class T, class V>
@@ -237,6 +244,16 @@ void visit_kernels(K& k, V& v) {
           Info("Latent-cache decode attention implementation.").one_of(impl));
 }
 
+template <class P, class V>
+void visit_pipeline(P& p, V& v) {
+  v.field("pretrain_steps", p.pretrain_steps,
+          Info("Pretraining steps of `moetron run` (0 skips the stage).").min(0));
+  v.field("sft_steps", p.sft_steps, Info("Cold-start SFT steps of `moetron run` (0 skips it).").min(0));
+  v.field("sft_lr", p.sft_lr, Info("Peak learning rate of the SFT stage.").gt(0));
+  v.field("sft_min_lr", p.sft_min_lr, Info("Final learning rate of the SFT stage.").min(0));
+  v.field("sft_warmup_steps", p.sft_warmup_steps, Info("Warmup steps of the SFT stage.").min(0));
+}
+
 template <class C, class V>
 void visit_config(C& c, V& v) {
   v.section("model", "Transformer shape (HF DeepseekV3Config names).",
@@ -254,6 +271,8 @@ void visit_config(C& c, V& v) {
   v.section("log", "Logging and the run directory.", [&] { visit_log(c.log, v); });
   v.section("kernels", "Which implementation each hot op uses.",
             [&] { visit_kernels(c.kernels, v); });
+  v.section("pipeline", "Per-stage settings of `moetron run` (pretrain -> SFT).",
+            [&] { visit_pipeline(c.pipeline, v); });
 }
 
 }  // namespace moetron::config::detail

@@ -110,6 +110,12 @@ void check_training(const Config& c) {
   MOETRON_CHECK_CONFIG(slm.ratio >= 1.0 || !slm.reference.empty(), "sft.slm.ratio (",
                        format_double(slm.ratio),
                        ") < 1 selects tokens against a reference model: set sft.slm.reference");
+  MOETRON_CHECK_CONFIG(c.pipeline.sft_min_lr <= c.pipeline.sft_lr, "pipeline.sft_min_lr (",
+                       format_double(c.pipeline.sft_min_lr), ") must be <= pipeline.sft_lr (",
+                       format_double(c.pipeline.sft_lr), ")");
+  MOETRON_CHECK_CONFIG(c.pipeline.sft_warmup_steps <= c.pipeline.sft_steps,
+                       "pipeline.sft_warmup_steps (", c.pipeline.sft_warmup_steps,
+                       ") must be <= pipeline.sft_steps (", c.pipeline.sft_steps, ")");
   MOETRON_CHECK_CONFIG(c.sft.think_open != c.sft.think_close, "sft.think_open and ",
                        "sft.think_close must differ (both '", c.sft.think_open, "')");
 }

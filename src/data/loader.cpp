@@ -27,13 +27,13 @@ const char* stage_name(config::Stage s) {
 }
 
 std::unique_ptr<JsonlFile> open_dataset(const config::DataConfig& data, config::Stage stage,
-                                        Split split, int64_t seed) {
+                                        Split split, int64_t seed,
+                                        const ChatTemplateOptions& chat) {
   const std::string& path = split == Split::kTrain ? data.train_path : data.eval_path;
   RecordKind kind = stage == config::Stage::kPretrain ? RecordKind::kPretrain : RecordKind::kSft;
   if (!path.empty()) return std::make_unique<JsonlFile>(path, kind, data.skip_bad_lines);
-  TaskDataOptions opts;
-  opts.seed = static_cast<uint64_t>(seed);
-  TaskData td = generate_task_data(data.task, opts);
+  TaskData td = generate_task_data(
+      data.task, task_options(data, static_cast<uint64_t>(seed), chat.think_open, chat.think_close));
   std::vector<std::string>* lines = split == Split::kEval               ? &td.eval
                                     : stage == config::Stage::kPretrain ? &td.pretrain
                                                                         : &td.sft;
@@ -90,9 +90,9 @@ BatchLoader::BatchLoader(const config::DataConfig& data, config::Stage stage,
                                             " has neither a pad nor an eos token to pad with"));
   }
   pad_id_ = *pad;
+  file_ = open_dataset(data, stage, split, seed, chat);
   if (stage == config::Stage::kSft)
     chat_ = std::make_unique<ChatTemplate>(tokenizer, std::move(chat));
-  file_ = open_dataset(data, stage, split, seed);
   stats_.num_records = file_->size();
   stats_.skipped_bad_lines = file_->skipped_bad_lines();
   start_epoch();

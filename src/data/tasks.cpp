@@ -84,6 +84,21 @@ const std::vector<std::string>& task_names() {
   return names;
 }
 
+TaskDataOptions task_options(const config::DataConfig& data, uint64_t seed,
+                             const std::string& think_open, const std::string& think_close) {
+  TaskDataOptions o;
+  o.seed = seed;
+  o.max_digits = data.task_max_digits;
+  o.max_numbers = data.task_max_numbers;
+  o.num_pretrain_docs = data.task_size;
+  o.num_sft = data.task_size;
+  o.num_rl = data.task_size;
+  o.num_eval = data.task_eval_size;
+  o.think_open = think_open;
+  o.think_close = think_close;
+  return o;
+}
+
 TaskData generate_task_data(const std::string& task, const TaskDataOptions& o) {
   Generator gen = find_generator(task);
   check_options(o);

@@ -90,6 +90,11 @@ struct DataConfig {
   bool pack = true;
   bool skip_bad_lines = false;
   int64_t shuffle_seed = 1234;
+  // Built-in task generator (data.task): difficulty and sizes.
+  int64_t task_max_digits = 3;   // arithmetic: operands have 1..n digits
+  int64_t task_max_numbers = 4;  // countdown: 3..n given numbers
+  int64_t task_size = 2000;      // pretraining documents, SFT samples and RL prompts each
+  int64_t task_eval_size = 200;  // held-out problems
 };
 
 enum class Stage { kPretrain, kSft, kGrpo };
@@ -190,6 +195,16 @@ struct KernelsConfig {
   std::string decode_attention = "reference";
 };
 
+// `moetron run`: the stages of the R1 recipe in one command, each in runs/<log.name>/<stage>.
+// The other sections configure every stage; these keys set what differs between them.
+struct PipelineConfig {
+  int64_t pretrain_steps = 200;  // 0 skips pretraining (SFT from train.init_from or scratch)
+  int64_t sft_steps = 100;       // 0 skips SFT (R1-Zero: GRPO straight from the base model)
+  double sft_lr = 3e-4;
+  double sft_min_lr = 3e-5;
+  int64_t sft_warmup_steps = 10;
+};
+
 struct Config {
   ModelConfig model;
   MlaConfig mla;
@@ -204,6 +219,7 @@ struct Config {
   DistConfig dist;
   LogConfig log;
   KernelsConfig kernels;
+  PipelineConfig pipeline;
 };
 
 }  // namespace moetron::config

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "moetron/config/config.h"
+
 namespace moetron::data {
 
 struct TaskDataOptions {
@@ -38,6 +40,11 @@ struct TaskDataOptions {
 struct TaskData {
   std::vector<std::string> pretrain, sft, rl, eval;
 };
+
+// The generator options a config asks for (data.task_*), seeded by `seed`, with the think tags.
+TaskDataOptions task_options(const config::DataConfig& data, uint64_t seed,
+                             const std::string& think_open = "<think>",
+                             const std::string& think_close = "</think>");
 
 // "arithmetic" and "countdown".
 const std::vector<std::string>& task_names();

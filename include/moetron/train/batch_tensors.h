@@ -1,0 +1,22 @@
+// A data::Batch (flat vectors) as tensors on a device, and the chat options from the config.
+#pragma once
+
+#include <torch/types.h>
+
+#include "moetron/config/config.h"
+#include "moetron/data/batch.h"
+#include "moetron/data/chat_template.h"
+
+namespace moetron::train {
+
+struct BatchTensors {
+  torch::Tensor input_ids, labels, position_ids, segment_ids;  // int64 [B, T]
+  int64_t tokens = 0;  // non-padding tokens
+};
+BatchTensors to_tensors(const data::Batch& batch, const torch::Device& device);
+
+// The chat template the configured stage uses (R1 format, sft.think_* and sft.loss_on_prompt;
+// DeepSeek's token strings when the tokenizer is an HF tokenizer.json).
+data::ChatTemplateOptions chat_options(const config::Config& cfg);
+
+}  // namespace moetron::train

@@ -1,0 +1,158 @@
+// Held-out loss and greedy-decoding accuracy; loading weights from checkpoints of any kind.
+#include "moetron/train/evaluate.h"
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <unordered_map>
+
+#include "moetron/ckpt/hf_checkpoint.h"
+#include "moetron/ckpt/safetensors.h"
+#include "moetron/ckpt/train_checkpoint.h"
+#include "moetron/core/error.h"
+#include "moetron/core/logging.h"
+#include "moetron/data/chat_template.h"
+#include "moetron/data/dataset.h"
+#include "moetron/data/loader.h"
+#include "moetron/data/tasks.h"
+#include "moetron/model/hf_names.h"
+#include "moetron/rl/generate.h"
+#include "moetron/train/batch_tensors.h"
+
+namespace fs = std::filesystem;
+
+namespace moetron::train {
+
+std::vector<EvalPrompt> load_eval_prompts(const config::Config& cfg, int64_t n) {
+  std::vector<EvalPrompt> out;
+  if (!cfg.data.eval_path.empty()) {
+    for (auto& p : data::read_rl_prompts(cfg.data.eval_path, cfg.data.skip_bad_lines)) {
+      if (static_cast<int64_t>(out.size()) >= n) break;
+      if (p.answer.empty()) continue;
+      out.push_back({p.prompt, p.answer, p.task.empty() ? cfg.data.task : p.task});
+    }
+    return out;
+  }
+  auto task = data::generate_task_data(
+      cfg.data.task, data::task_options(cfg.data, static_cast<uint64_t>(cfg.data.shuffle_seed),
+                                        cfg.sft.think_open, cfg.sft.think_close));
+  for (const auto& line : task.eval) {
+    if (static_cast<int64_t>(out.size()) >= n) break;
+    auto rec = nlohmann::json::parse(line);
+    out.push_back({rec.at("prompt").get<std::string>(), rec.at("answer").get<std::string>(),
+                   rec.value("task", cfg.data.task)});
+  }
+  return out;
+}
+
+EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& cfg,
+                    const data::Tokenizer& tokenizer) {
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto device = model->lm_head_weight().device();
+  EvalResult result;
+
+  const auto stage =
+      cfg.train.stage == config::Stage::kPretrain ? config::Stage::kPretrain : config::Stage::kSft;
+  data::BatchLoader loader(cfg.data, stage, tokenizer, cfg.train.micro_batch_size,
+                           cfg.data.seq_len, cfg.data.shuffle_seed, data::Split::kEval,
+                           chat_options(cfg));
+  double loss_sum = 0;
+  for (int64_t i = 0; i < cfg.train.eval_batches; ++i) {
+    auto batch = to_tensors(loader.next(), device);
+    model::ForwardOptions opts;
+    opts.compute_mtp = false;
+    auto out = model->forward(batch.input_ids, batch.labels, batch.position_ids,
+                              batch.segment_ids, opts);
+    const int64_t n = out.num_target_tokens.item<int64_t>();
+    loss_sum += out.main_loss.item<double>() * static_cast<double>(n);
+    result.loss_tokens += n;
+  }
+  result.loss = result.loss_tokens > 0 ? loss_sum / static_cast<double>(result.loss_tokens) : 0;
+
+  auto prompts = load_eval_prompts(cfg, cfg.train.eval_batches * cfg.train.micro_batch_size);
+  if (!prompts.empty()) {
+    data::ChatTemplate chat(tokenizer, chat_options(cfg));
+    std::vector<std::vector<int64_t>> ids;
+    for (const auto& p : prompts) {
+      auto r = chat.render_prompt({{"user", p.prompt}});
+      ids.emplace_back(r.begin(), r.end());
+    }
+    rl::SamplingOptions sampling;
+    sampling.greedy = true;
+    sampling.max_new_tokens = cfg.rl.max_new_tokens;
+    if (auto eos = tokenizer.eos_id()) sampling.stop_ids = {*eos};
+    auto completions = rl::generate(model, ids, sampling);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      std::vector<int32_t> gen(completions[i].ids.begin(), completions[i].ids.end());
+      const std::string text = tokenizer.decode(gen, /*skip_special_tokens=*/false);
+      result.correct += data::check_answer(prompts[i].task, text, prompts[i].answer) ? 1 : 0;
+    }
+    result.total = static_cast<int64_t>(prompts.size());
+    result.accuracy = static_cast<double>(result.correct) / static_cast<double>(result.total);
+  }
+  if (was_training) model->train();
+  return result;
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  if (fs::exists(fs::path(path) / ckpt::kManifestFile)) return path;
+  for (const auto& dir : {fs::path(path), fs::path(path) / "checkpoints"}) {
+    if (!fs::is_directory(dir)) continue;
+    if (auto found = ckpt::find_resume_checkpoint(dir.string())) return *found;
+  }
+  throw Error(ErrorKind::kConfig,
+              str_cat("no valid training checkpoint at '", path,
+                      "' (expected a checkpoint directory with manifest.json, or a run / "
+                      "checkpoints directory holding one)"));
+}
+
+void load_model_weights(const std::string& path, model::DeepseekV3ForCausalLM& model) {
+  torch::NoGradGuard no_grad;
+  if (fs::exists(fs::path(path) / "config.json")) {
+    auto hf = ckpt::load_hf_tensors(path, ckpt::HfLoadOptions{torch::kFloat32});
+    std::unordered_map<std::string, torch::Tensor> tensors(hf.begin(), hf.end());
+    model::load_hf_tensors(model, tensors);
+    log::info("initialised weights from HF checkpoint ", path);
+    return;
+  }
+  const std::string dir = resolve_checkpoint(path);
+  ckpt::verify_checkpoint(dir);
+  auto tensors = ckpt::load_safetensors((fs::path(dir) / ckpt::kModelFile).string());
+  std::vector<std::string> missing, mismatched;
+  std::unordered_map<std::string, torch::Tensor> targets;
+  for (auto& p : model->named_parameters()) targets[p.key()] = p.value();
+  for (auto& b : model->named_buffers()) targets[b.key()] = b.value();
+  for (auto& [name, t] : targets) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) {
+      missing.push_back(name);
+    } else if (it->second.sizes() != t.sizes()) {
+      mismatched.push_back(str_cat(name, " (model ", t.sizes(), ", checkpoint ",
+                                   it->second.sizes(), ")"));
+    }
+  }
+  std::vector<std::string> unexpected;
+  for (auto& [name, t] : tensors) {
+    if (!targets.count(name)) unexpected.push_back(name);
+  }
+  if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
+    std::string msg = str_cat(dir, ": the checkpoint does not fit the configured model");
+    auto add = [&](const char* what, std::vector<std::string> names) {
+      if (names.empty()) return;
+      std::sort(names.begin(), names.end());
+      msg += str_cat("; ", what, " (", names.size(), "):");
+      for (auto& n : names) msg += " " + n;
+    };
+    add("missing", missing);
+    add("unexpected", unexpected);
+    add("shape mismatch", mismatched);
+    throw Error(ErrorKind::kConfig, msg);
+  }
+  for (auto& [name, t] : targets) t.copy_(tensors.at(name));
+  log::info("initialised weights from ", dir);
+}
+
+}  // namespace moetron::train

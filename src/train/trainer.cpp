@@ -1,0 +1,280 @@
+// The pretraining / SFT loop: one optimizer step = grad_accum micro-batches; after the step the
+// aux-loss-free bias update (SPEC 2.3); metrics, eval and checkpoints at step boundaries.
+#include "moetron/train/trainer.h"
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <optional>
+
+#include "moetron/ckpt/train_checkpoint.h"
+#include "moetron/config/loader.h"
+#include "moetron/core/error.h"
+#include "moetron/core/logging.h"
+#include "moetron/core/run_dir.h"
+#include "moetron/core/signals.h"
+#include "moetron/core/timer.h"
+#include "moetron/data/loader.h"
+#include "moetron/model/accounting.h"
+#include "moetron/model/bias_update.h"
+#include "moetron/model/model.h"
+#include "moetron/optim/optimizer.h"
+#include "moetron/optim/schedule.h"
+#include "moetron/train/batch_tensors.h"
+#include "moetron/train/metrics.h"
+
+namespace fs = std::filesystem;
+
+namespace moetron::train {
+namespace {
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda") {
+    MOETRON_CHECK_CONFIG(torch::cuda::is_available(),
+                         "train.device is 'cuda' but no CUDA device is visible; use auto or cpu");
+    return torch::kCUDA;
+  }
+  return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+}
+
+// Removes the run's log-file sink when the trainer returns or throws.
+struct LogFileGuard {
+  explicit LogFileGuard(const std::string& path) { log::add_file(path); }
+  ~LogFileGuard() { log::remove_files(); }
+};
+
+// Rho-1 SLM (SPEC 6): keep the `ratio` fraction of the micro-batch's target tokens with the
+// largest excess loss (current - reference); the others get no label. Returns the kept count.
+int64_t select_tokens(model::DeepseekV3ForCausalLM& model, model::DeepseekV3ForCausalLM& ref,
+                      BatchTensors& b, double ratio) {
+  torch::NoGradGuard no_grad;
+  auto cur = model->token_logprobs(b.input_ids, b.position_ids, b.segment_ids);
+  auto base = ref->token_logprobs(b.input_ids, b.position_ids, b.segment_ids);
+  auto targets = b.labels.narrow(1, 1, b.labels.size(1) - 1);
+  auto valid = targets != data::kIgnoreLabel;
+  const int64_t n_valid = valid.sum().item<int64_t>();
+  if (n_valid == 0) return 0;
+  const int64_t keep = std::max<int64_t>(1, static_cast<int64_t>(std::floor(ratio * n_valid)));
+  auto excess = (base - cur).masked_fill(valid.logical_not(), -INFINITY).reshape(-1);
+  auto top = std::get<1>(excess.topk(keep));
+  auto selected = torch::zeros_like(excess, torch::kBool).index_fill(0, top, true);
+  auto masked = targets.masked_fill(selected.view_as(targets).logical_not(), data::kIgnoreLabel);
+  b.labels.narrow(1, 1, b.labels.size(1) - 1).copy_(masked);
+  return keep;
+}
+
+nlohmann::json eval_record(int64_t step, const EvalResult& e) {
+  nlohmann::json r{{"step", step}, {"eval_loss", e.loss}, {"eval_tokens", e.loss_tokens}};
+  if (e.total > 0) {
+    r["eval_accuracy"] = e.accuracy;
+    r["eval_correct"] = e.correct;
+    r["eval_total"] = e.total;
+  }
+  return r;
+}
+
+}  // namespace
+
+TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
+  config::Config cfg = cfg_in;
+  if (!options.resume.empty()) cfg.ckpt.resume = options.resume;
+  MOETRON_CHECK_CONFIG(cfg.train.stage != config::Stage::kGrpo,
+                       "train.stage: grpo is not available yet; use pretrain or sft");
+  MOETRON_CHECK_CONFIG(cfg.train.dtype == "fp32",
+                       "train.dtype: only fp32 is available yet (bf16 autocast comes with the "
+                       "GPU path); got '", cfg.train.dtype, "'");
+  config::validate(cfg);
+  model::validate_model_config(cfg);
+  log::set_level(log::parse_level(cfg.log.level));
+  const std::string yaml = config::dump(cfg);
+  const torch::Device device = resolve_device(cfg.train.device);
+  Stopwatch wall;
+
+  // Resume decision first: it decides whether a run directory with another config is ok.
+  const std::string checkpoints = (fs::path(cfg.log.run_dir) / cfg.log.name / "checkpoints").string();
+  std::optional<std::string> resume_from;
+  if (cfg.ckpt.resume == "auto") {
+    resume_from = ckpt::find_resume_checkpoint(checkpoints);
+  } else if (cfg.ckpt.resume != "none") {
+    resume_from = resolve_checkpoint(cfg.ckpt.resume);
+  }
+  RunDir run = open_run_dir(cfg.log.run_dir, cfg.log.name, yaml, resume_from.has_value());
+  LogFileGuard log_file(run.log_path);
+  log::info("run ", run.root, " | stage ", cfg.train.stage == config::Stage::kSft ? "sft" : "pretrain",
+            " | device ", device.str());
+
+  auto tokenizer = data::load_tokenizer(cfg.data.tokenizer);
+  MOETRON_CHECK_CONFIG(tokenizer->vocab_size() <= cfg.model.vocab_size, "data.tokenizer '",
+                       cfg.data.tokenizer, "' has ", tokenizer->vocab_size(),
+                       " tokens but model.vocab_size is ", cfg.model.vocab_size);
+
+  torch::manual_seed(cfg.train.seed);
+  model::DeepseekV3ForCausalLM model(cfg);
+  model->to(device);
+  if (!cfg.train.init_from.empty() && !resume_from) load_model_weights(cfg.train.init_from, model);
+  model->train();
+  auto optimizer = optim::make_adamw(*model, cfg.optim);
+  std::vector<torch::Tensor> params;
+  for (auto& p : model->parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+
+  // SLM reference model (frozen).
+  model::DeepseekV3ForCausalLM reference{nullptr};
+  const bool slm = cfg.train.stage == config::Stage::kSft && cfg.sft.slm.ratio < 1.0;
+  if (slm) {
+    reference = model::DeepseekV3ForCausalLM(cfg);
+    reference->to(device);
+    load_model_weights(cfg.sft.slm.reference, reference);
+    reference->eval();
+    for (auto& p : reference->parameters()) p.requires_grad_(false);
+  }
+
+  data::BatchLoader loader(cfg.data, cfg.train.stage, *tokenizer, cfg.train.micro_batch_size,
+                           cfg.data.seq_len, cfg.data.shuffle_seed, data::Split::kTrain,
+                           chat_options(cfg));
+  int64_t step = 0;
+  int64_t bad_steps = 0;
+  int64_t tokens_seen = 0;
+  if (resume_from) {
+    auto state = ckpt::load_train_checkpoint(*resume_from, *model, *optimizer);
+    step = state.step;
+    loader.restore(state.loader_state);
+    bad_steps = state.extra.value("bad_steps", int64_t{0});
+    tokens_seen = state.extra.value("tokens_seen", int64_t{0});
+    log::info("resumed from ", *resume_from, " at step ", step);
+  }
+  MetricsLog metrics(run.metrics_path, step);
+
+  const auto flops = model::forward_flops_per_token(cfg, cfg.data.seq_len);
+  const double peak = device_peak_flops(device);
+  const bool bias_update = cfg.moe.bias_update_speed > 0 && cfg.moe.n_routed_experts &&
+                           cfg.moe.topk_method == config::TopkMethod::kNoauxTc;
+  TrainResult result;
+  result.run_dir = run.root;
+  auto save = [&](int64_t at_step) {
+    ckpt::TrainState state;
+    state.step = at_step;
+    state.loader_state = loader.state();
+    state.extra = {{"bad_steps", bad_steps}, {"tokens_seen", tokens_seen}};
+    state.config_yaml = yaml;
+    result.checkpoint = ckpt::save_train_checkpoint(run.checkpoints, *model, *optimizer, state,
+                                                    cfg.ckpt.keep_last);
+    log::info("saved ", result.checkpoint);
+  };
+
+  const int64_t start_step = step;
+  int64_t tokens_this_run = 0;
+  Stopwatch train_clock;
+  while (step < cfg.train.steps) {
+    if (signals::interrupt_requested()) {
+      save(step);
+      throw Error(ErrorKind::kInterrupted,
+                  str_cat("interrupted by signal ", signals::interrupt_signal(), " at step ", step,
+                          "; checkpoint ", result.checkpoint, " (rerun the same command to resume)"));
+    }
+    Stopwatch step_clock;
+    const double lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
+    optim::set_lr(*optimizer, lr);
+    optimizer->zero_grad();
+    double loss = 0, main_loss = 0, mtp_loss = 0, balance = 0;
+    int64_t tokens = 0, kept = 0, targets = 0;
+    torch::Tensor counts;
+    for (int64_t micro = 0; micro < cfg.train.grad_accum_steps; ++micro) {
+      auto batch = to_tensors(loader.next(), device);
+      targets += batch.tokens;
+      if (slm) kept += select_tokens(model, reference, batch, cfg.sft.slm.ratio);
+      auto out = model->forward(batch.input_ids, batch.labels, batch.position_ids,
+                                batch.segment_ids);
+      (out.loss / static_cast<double>(cfg.train.grad_accum_steps)).backward();
+      const double inv = 1.0 / static_cast<double>(cfg.train.grad_accum_steps);
+      loss += out.loss.item<double>() * inv;
+      main_loss += out.main_loss.item<double>() * inv;
+      if (out.mtp_loss.defined()) mtp_loss += out.mtp_loss.item<double>() * inv;
+      if (out.balance_loss.defined()) balance += out.balance_loss.item<double>() * inv;
+      counts = counts.defined() ? counts + out.expert_counts_ME : out.expert_counts_ME;
+      tokens += batch.input_ids.numel();
+    }
+    const auto clip = optim::clip_grad_norm(params, cfg.optim.grad_clip);
+    const bool finite = std::isfinite(loss) && clip.finite;
+    if (finite) {
+      optimizer->step();
+      if (bias_update && counts.defined()) {
+        model::update_expert_bias(model, counts, cfg.moe.bias_update_speed);
+      }
+      bad_steps = 0;
+    } else {
+      optimizer->zero_grad();
+      ++bad_steps;
+      log::warn("step ", step + 1, ": non-finite loss or gradient (loss ", loss, ", grad norm ",
+                clip.total_norm, "); step skipped (", bad_steps, " in a row)");
+      if (bad_steps >= cfg.train.max_bad_steps) {
+        throw Error(str_cat(bad_steps, " consecutive steps with a non-finite loss or gradient "
+                                       "(last at step ", step + 1,
+                                       "); lower optim.lr, check the data, or raise "
+                                       "train.max_bad_steps"));
+      }
+    }
+    ++step;
+    tokens_seen += tokens;
+    tokens_this_run += tokens;
+    result.last_loss = loss;
+
+    const double dt = step_clock.seconds();
+    const double tps = static_cast<double>(tokens) / dt;
+    nlohmann::json rec{{"step", step},        {"loss", loss},
+                       {"main_loss", main_loss}, {"mtp_loss", mtp_loss},
+                       {"balance_loss", balance}, {"grad_norm", clip.total_norm},
+                       {"lr", lr},            {"tokens", tokens},
+                       {"tokens_seen", tokens_seen}, {"tokens_per_s", tps},
+                       {"step_time_s", dt},   {"skipped", !finite}};
+    if (slm) rec["slm_kept_fraction"] = targets > 0 ? double(kept) / double(targets) : 0.0;
+    if (peak > 0) rec["mfu"] = 3 * flops.with_mtp * tps / peak;
+    if (counts.defined()) {
+      nlohmann::json load = nlohmann::json::array();
+      for (const auto& l : expert_load(counts)) {
+        load.push_back({{"max_over_mean", l.max_over_mean}, {"cv", l.cv}});
+      }
+      rec["expert_load"] = load;
+      nlohmann::json bias = nlohmann::json::array();
+      for (auto& moe : model->moe_layers()) {
+        const auto& b = moe->gate->e_score_correction_bias;
+        if (b.defined()) bias.push_back(b.norm().item<double>());
+      }
+      rec["bias_norm"] = bias;
+    }
+    metrics.write(rec);
+    if (step == start_step + 1 || step % cfg.log.every == 0 || step == cfg.train.steps) {
+      const double elapsed = train_clock.seconds();
+      StepLine line{step, cfg.train.steps, loss, clip.total_norm, lr,
+                    static_cast<double>(tokens_this_run) / elapsed,
+                    peak > 0 ? 3 * flops.with_mtp * tps / peak : -1,
+                    elapsed / double(step - start_step) * double(cfg.train.steps - step)};
+      log::info(format_step_line(line));
+    }
+    const bool last = step == cfg.train.steps;
+    if ((cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0) || last) {
+      result.eval = evaluate(model, cfg, *tokenizer);
+      metrics.write(eval_record(step, result.eval));
+      log::info("eval step ", step, ": loss ", result.eval.loss,
+                result.eval.total > 0 ? str_cat(", accuracy ", result.eval.correct, "/",
+                                                result.eval.total)
+                                      : std::string());
+    }
+    if ((cfg.ckpt.save_every > 0 && step % cfg.ckpt.save_every == 0) || last) save(step);
+  }
+  if (start_step == cfg.train.steps) {
+    log::info("already at step ", step, " of ", cfg.train.steps, "; evaluating only");
+    result.eval = evaluate(model, cfg, *tokenizer);
+  }
+  result.steps = step;
+  result.seconds = wall.seconds();
+  result.tokens_per_s =
+      tokens_this_run > 0 ? static_cast<double>(tokens_this_run) / train_clock.seconds() : 0;
+  return result;
+}
+
+}  // namespace moetron::train
