@@ -18,6 +18,7 @@
 #include "moetron/data/tasks.h"
 #include "moetron/model/hf_names.h"
 #include "moetron/rl/generate.h"
+#include "moetron/train/autocast.h"
 #include "moetron/train/batch_tensors.h"
 
 namespace fs = std::filesystem;
@@ -64,6 +65,7 @@ EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& c
     auto batch = to_tensors(loader.next(), device);
     model::ForwardOptions opts;
     opts.compute_mtp = false;
+    AutocastGuard autocast(device, cfg.train.dtype);
     auto out = model->forward(batch.input_ids, batch.labels, batch.position_ids,
                               batch.segment_ids, opts);
     const int64_t n = out.num_target_tokens.item<int64_t>();

@@ -22,6 +22,7 @@
 #include "moetron/model/model.h"
 #include "moetron/optim/optimizer.h"
 #include "moetron/optim/schedule.h"
+#include "moetron/train/autocast.h"
 #include "moetron/train/batch_tensors.h"
 #include "moetron/train/metrics.h"
 
@@ -83,9 +84,6 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   if (!options.resume.empty()) cfg.ckpt.resume = options.resume;
   MOETRON_CHECK_CONFIG(cfg.train.stage != config::Stage::kGrpo,
                        "train.stage: grpo is not available yet; use pretrain or sft");
-  MOETRON_CHECK_CONFIG(cfg.train.dtype == "fp32",
-                       "train.dtype: only fp32 is available yet (bf16 autocast comes with the "
-                       "GPU path); got '", cfg.train.dtype, "'");
   config::validate(cfg);
   model::validate_model_config(cfg);
   log::set_level(log::parse_level(cfg.log.level));
@@ -187,8 +185,11 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
       auto batch = to_tensors(loader.next(), device);
       targets += batch.tokens;
       if (slm) kept += select_tokens(model, reference, batch, cfg.sft.slm.ratio);
-      auto out = model->forward(batch.input_ids, batch.labels, batch.position_ids,
-                                batch.segment_ids);
+      model::ForwardOutput out;
+      {
+        AutocastGuard autocast(device, cfg.train.dtype);
+        out = model->forward(batch.input_ids, batch.labels, batch.position_ids, batch.segment_ids);
+      }
       (out.loss / static_cast<double>(cfg.train.grad_accum_steps)).backward();
       const double inv = 1.0 / static_cast<double>(cfg.train.grad_accum_steps);
       loss += out.loss.item<double>() * inv;
