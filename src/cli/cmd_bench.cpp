@@ -17,6 +17,9 @@
 #include "moetron/build_config.h"
 #include "moetron/ckpt/hf_model.h"
 #include "moetron/config/loader.h"
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include "moetron/core/env.h"
 #include "moetron/core/error.h"
 #include "moetron/core/files.h"
 #include "moetron/core/timer.h"
@@ -72,10 +75,17 @@ int run_bench_model(const BenchModelArgs& args) {
   for (int i = 0; i < args.warmup + args.steps; ++i) {
     m->zero_grad();
     Stopwatch sw;
-    auto out = m->forward(ids, ids, {}, {}, opts);
-    out.loss.backward();
+    {
+      // MOETRON_PROFILE=trace.json records the last step's ops (chrome://tracing format).
+      std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+      if (auto path = env::get("MOETRON_PROFILE"); path && i + 1 == args.warmup + args.steps) {
+        profile = std::make_unique<torch::autograd::profiler::RecordProfile>(*path);
+      }
+      auto out = m->forward(ids, ids, {}, {}, opts);
+      out.loss.backward();
+      if (i == 0) first_loss = out.loss.item<double>();
+    }
     const double dt = sw.seconds();
-    if (i == 0) first_loss = out.loss.item<double>();
     if (i >= args.warmup) times.push_back(dt);
   }
   const double ours_ms = 1000 * median(times);

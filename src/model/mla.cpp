@@ -99,6 +99,12 @@ torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x_BTD, const RopeAn
   auto q_BHTK = torch::cat({q_nope_BTHN, q_pe_BTHP}, -1).transpose(1, 2);
   auto k_BHTK = torch::cat({k_nope_BTHN, k_pe_BTHP}, -1).transpose(1, 2);
   auto v_BHTV = v_BTHV.transpose(1, 2);
+  // ATen's fused (flash) attention needs one head width for q, k and v; MLA's value heads are
+  // narrower (128 vs 192 in V3). Zero-padding v to the q/k width and slicing the output back is
+  // exact (the padded columns of the output are zero) and lets SDPA take the fused kernel
+  // instead of the math path that materialises B x H x T x T scores.
+  const int64_t K = N_ + P_;
+  if (V_ < K) v_BHTV = torch::constant_pad_nd(v_BHTV, {0, K - V_});
 
   torch::Tensor o_BHTV;
   if (segment_ids_BT.defined()) {
@@ -109,6 +115,7 @@ torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x_BTD, const RopeAn
     o_BHTV = at::scaled_dot_product_attention(q_BHTK, k_BHTK, v_BHTV, std::nullopt, 0.0,
                                               /*is_causal=*/true, scale_);
   }
+  if (V_ < K) o_BHTV = o_BHTV.narrow(-1, 0, V_);
   auto o_BTX = o_BHTV.transpose(1, 2).reshape({B, T, H_ * V_});
   return o_proj(o_BTX);
 }
