@@ -16,4 +16,7 @@ venv=$(cat "$repo/.moetron-venv")
 
 echo "[test] running ctest in $build_dir" >&2
 cd "$build_dir"
+# ctest already runs one test per core; one intra-op thread per test keeps OpenMP from
+# oversubscribing the cores (its spin-waiting barriers slow down 10x or more when it does).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 ctest --output-on-failure --no-tests=error -j "$jobs" "$@"

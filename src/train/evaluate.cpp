@@ -89,6 +89,9 @@ EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& c
     auto completions = rl::generate(model, ids, sampling);
     for (size_t i = 0; i < prompts.size(); ++i) {
       std::vector<int32_t> gen(completions[i].ids.begin(), completions[i].ids.end());
+      // The stop token (eos) is not part of the answer; other special tokens (</think>,
+      // <answer>) are, since the checker reads the text after them.
+      if (completions[i].stopped && !gen.empty()) gen.pop_back();
       const std::string text = tokenizer.decode(gen, /*skip_special_tokens=*/false);
       result.correct += data::check_answer(prompts[i].task, text, prompts[i].answer) ? 1 : 0;
     }
