@@ -99,6 +99,29 @@ TEST_F(TrainerTest, SftResumeIsBitExact) {
   expect_exact_resume(dir_, {"train.stage=sft", "data.task_size=40"}, 3, 8);
 }
 
+// Rerunning a finished run (resume: auto) trains nothing, logs nothing new, reports the
+// checkpoint it stands on and evaluates it; a shorter train.steps than the checkpoint's step
+// does the same instead of training past the end.
+TEST_F(TrainerTest, RerunOfAFinishedRunOnlyEvaluates) {
+  const auto cfg = tiny_config(dir_, "done", {"train.steps=3"});
+  const TrainResult first = train(cfg);
+  ASSERT_EQ(first.checkpoint, checkpoint("done", 3));
+  const std::string metrics_before = read_text_file(run_path("done") + "/metrics.jsonl");
+
+  const TrainResult again = train(cfg);
+  EXPECT_EQ(again.steps, 3);
+  EXPECT_EQ(again.checkpoint, first.checkpoint);
+  EXPECT_EQ(again.eval.loss, first.eval.loss);
+  EXPECT_EQ(again.eval.total, first.eval.total);
+  EXPECT_EQ(read_text_file(run_path("done") + "/metrics.jsonl"), metrics_before);
+
+  const TrainResult shorter =
+      train(tiny_config(dir_, "shorter", {"train.steps=2"}), TrainOptions{first.checkpoint});
+  EXPECT_EQ(shorter.steps, 3);
+  EXPECT_EQ(shorter.checkpoint, first.checkpoint);
+  EXPECT_EQ(shorter.eval.loss, first.eval.loss);
+}
+
 // NaN/Inf guard with a real trigger: lr = 1e30 (constant, no warmup) throws the weights to
 // ~1e30 in one step, after which the forward pass overflows.
 TEST_F(TrainerTest, NanGuardStopsAfterConsecutiveBadSteps) {
