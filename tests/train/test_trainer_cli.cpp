@@ -56,6 +56,14 @@ pid_t spawn_moetron(const std::vector<std::string>& args, const std::string& cwd
   return rc == 0 ? pid : -1;
 }
 
+// Kills and reaps the child if a failed assertion leaves it running.
+struct ChildGuard {
+  pid_t pid = -1;
+  ~ChildGuard() {
+    if (pid > 0 && ::kill(pid, SIGKILL) == 0) ::waitpid(pid, nullptr, 0);
+  }
+};
+
 size_t count_lines(const std::string& path) {
   if (!fs::exists(path)) return 0;
   const std::string text = moetron::testing::read_text(path);
@@ -80,6 +88,7 @@ TEST_F(TrainerCliTest, SigtermSavesAndTheSameCommandResumesExactly) {
 
   const pid_t pid = spawn_moetron(cli_args(overrides), dir_, out, err);
   ASSERT_GT(pid, 0);
+  ChildGuard child{pid};
   // Interrupt once a few steps are logged: well inside the run.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   bool exited = false;
@@ -87,6 +96,7 @@ TEST_F(TrainerCliTest, SigtermSavesAndTheSameCommandResumesExactly) {
   while (count_lines(metrics) < 3 && std::chrono::steady_clock::now() < deadline) {
     if (::waitpid(pid, &status, WNOHANG) == pid) {
       exited = true;
+      child.pid = -1;
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -95,6 +105,7 @@ TEST_F(TrainerCliTest, SigtermSavesAndTheSameCommandResumesExactly) {
   ASSERT_GE(count_lines(metrics), 3u) << "no progress: " << moetron::testing::read_text(err);
   ASSERT_EQ(::kill(pid, SIGTERM), 0);
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  child.pid = -1;
   ASSERT_TRUE(WIFEXITED(status)) << "killed by the signal instead of handling it";
   const std::string first_err = moetron::testing::read_text(err);
   EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << first_err;
@@ -133,6 +144,21 @@ TEST_F(TrainerCliTest, SigtermSavesAndTheSameCommandResumesExactly) {
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(without_timing(b[i]), without_timing(a[i])) << "step " << i + 1;
   }
+}
+
+// Exit code 2 (config error) and the directory named on stderr when a run directory belongs to
+// another config; nothing in it changes.
+TEST_F(TrainerCliTest, ForeignRunDirectoryExitsWithConfigError) {
+  train(tiny_config(dir_, "own", {"train.steps=2"}));
+  const auto before = snapshot_tree(run_path("own"));
+  auto overrides = fast_overrides(dir_, "own");
+  for (const char* o : {"train.steps=2", "optim.lr=2e-3", "ckpt.resume=none"}) {
+    overrides.push_back(o);
+  }
+  const auto r = run_moetron(cli_args(overrides), dir_);
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("run directory " + run_path("own")), std::string::npos) << r.err;
+  EXPECT_EQ(snapshot_tree(run_path("own")), before);
 }
 
 TEST_F(TrainerCliTest, EvalPrintsOneJsonLine) {
