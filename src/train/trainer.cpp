@@ -153,6 +153,7 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
                            cfg.moe.topk_method == config::TopkMethod::kNoauxTc;
   TrainResult result;
   result.run_dir = run.root;
+  if (resume_from) result.checkpoint = *resume_from;  // until a new one is written
   auto save = [&](int64_t at_step) {
     ckpt::TrainState state;
     state.step = at_step;
@@ -267,7 +268,7 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
     }
     if ((cfg.ckpt.save_every > 0 && step % cfg.ckpt.save_every == 0) || last) save(step);
   }
-  if (start_step == cfg.train.steps) {
+  if (start_step >= cfg.train.steps) {
     log::info("already at step ", step, " of ", cfg.train.steps, "; evaluating only");
     result.eval = evaluate(model, cfg, *tokenizer);
   }
