@@ -13,11 +13,11 @@
 
 #include <unistd.h>
 
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include "command.h"
 #include "moetron/build_config.h"
 #include "moetron/ckpt/hf_model.h"
 #include "moetron/config/loader.h"
-#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include "moetron/core/env.h"
 #include "moetron/core/error.h"

@@ -1,7 +1,7 @@
 // `moetron eval CONFIG --model PATH [overrides]`: held-out loss and task accuracy of a
 // checkpoint (training checkpoint, run directory or HF directory); one JSON line on stdout.
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <iostream>
 
@@ -27,7 +27,8 @@ Run setup_eval(CLI::App& app) {
     model::DeepseekV3ForCausalLM model(cfg);
     train::load_model_weights(*model_path, model);
     auto r = train::evaluate(model, cfg, *tokenizer);
-    nlohmann::json out{{"model", *model_path}, {"eval_loss", r.loss}, {"eval_tokens", r.loss_tokens}};
+    nlohmann::json out{
+        {"model", *model_path}, {"eval_loss", r.loss}, {"eval_tokens", r.loss_tokens}};
     if (r.total > 0) {
       out["accuracy"] = r.accuracy;
       out["correct"] = r.correct;

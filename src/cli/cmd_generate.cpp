@@ -1,8 +1,8 @@
 // `moetron generate CONFIG --model PATH --prompt TEXT... [--input IN.jsonl]`: chat-formatted
 // prompts through the sampler (greedy or temperature / top-k / top-p from rl.*), one JSON line
 // per completion {"prompt", "completion", "tokens", "stopped"}.
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <fstream>
 #include <iostream>
@@ -34,8 +34,9 @@ Run setup_generate(CLI::App& app) {
       ->required();
   app.add_option("--prompt", args->prompts, "A user message (repeatable)");
   app.add_option("--input", args->input, "JSONL with {\"prompt\": ...} lines");
-  app.add_flag("--greedy", args->greedy, "Argmax decoding (default: sample with rl.temperature, "
-                                         "rl.top_k, rl.top_p)");
+  app.add_flag("--greedy", args->greedy,
+               "Argmax decoding (default: sample with rl.temperature, "
+               "rl.top_k, rl.top_p)");
   app.add_option("--max-new-tokens", args->max_new_tokens, "Default: rl.max_new_tokens");
   app.add_option("--seed", args->seed, "Sampling seed")->capture_default_str();
   return [args]() {

@@ -1,8 +1,8 @@
 // Held-out loss and greedy-decoding accuracy; loading weights from checkpoints of any kind.
 #include "moetron/train/evaluate.h"
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <unordered_map>
@@ -57,17 +57,16 @@ EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& c
 
   const auto stage =
       cfg.train.stage == config::Stage::kPretrain ? config::Stage::kPretrain : config::Stage::kSft;
-  data::BatchLoader loader(cfg.data, stage, tokenizer, cfg.train.micro_batch_size,
-                           cfg.data.seq_len, cfg.data.shuffle_seed, data::Split::kEval,
-                           chat_options(cfg));
+  data::BatchLoader loader(cfg.data, stage, tokenizer, cfg.train.micro_batch_size, cfg.data.seq_len,
+                           cfg.data.shuffle_seed, data::Split::kEval, chat_options(cfg));
   double loss_sum = 0;
   for (int64_t i = 0; i < cfg.train.eval_batches; ++i) {
     auto batch = to_tensors(loader.next(), device);
     model::ForwardOptions opts;
     opts.compute_mtp = false;
     AutocastGuard autocast(device, cfg.train.dtype);
-    auto out = model->forward(batch.input_ids, batch.labels, batch.position_ids,
-                              batch.segment_ids, opts);
+    auto out =
+        model->forward(batch.input_ids, batch.labels, batch.position_ids, batch.segment_ids, opts);
     const int64_t n = out.num_target_tokens.item<int64_t>();
     loss_sum += out.main_loss.item<double>() * static_cast<double>(n);
     result.loss_tokens += n;
@@ -135,8 +134,8 @@ void load_model_weights(const std::string& path, model::DeepseekV3ForCausalLM& m
     if (it == tensors.end()) {
       missing.push_back(name);
     } else if (it->second.sizes() != t.sizes()) {
-      mismatched.push_back(str_cat(name, " (model ", t.sizes(), ", checkpoint ",
-                                   it->second.sizes(), ")"));
+      mismatched.push_back(
+          str_cat(name, " (model ", t.sizes(), ", checkpoint ", it->second.sizes(), ")"));
     }
   }
   std::vector<std::string> unexpected;

@@ -52,7 +52,8 @@ std::vector<ExpertLoad> expert_load(const torch::Tensor& counts_ME) {
   auto std = c.std(1, /*unbiased=*/false);
   for (int64_t l = 0; l < c.size(0); ++l) {
     const double m = mean[l].item<double>();
-    out.push_back({m > 0 ? max[l].item<double>() / m : 0.0, m > 0 ? std[l].item<double>() / m : 0.0});
+    out.push_back(
+        {m > 0 ? max[l].item<double>() / m : 0.0, m > 0 ? std[l].item<double>() / m : 0.0});
   }
   return out;
 }
@@ -61,9 +62,11 @@ std::string format_duration(double seconds) {
   const auto s = static_cast<int64_t>(std::max(0.0, seconds));
   char buf[32];
   if (s >= 3600) {
-    std::snprintf(buf, sizeof(buf), "%ldh%02ldm", static_cast<long>(s / 3600), static_cast<long>(s / 60 % 60));
+    std::snprintf(buf, sizeof(buf), "%ldh%02ldm", static_cast<long>(s / 3600),
+                  static_cast<long>(s / 60 % 60));
   } else {
-    std::snprintf(buf, sizeof(buf), "%ldm%02lds", static_cast<long>(s / 60), static_cast<long>(s % 60));
+    std::snprintf(buf, sizeof(buf), "%ldm%02lds", static_cast<long>(s / 60),
+                  static_cast<long>(s % 60));
   }
   return buf;
 }

@@ -21,9 +21,10 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
   std::string data_dir = (root / "data").string();
   if (builtin) {
     if (!fs::exists(fs::path(data_dir) / "meta.json")) {
-      data::make_task_data(cfg.data.task, data_dir,
-                           data::task_options(cfg.data, static_cast<uint64_t>(cfg.data.shuffle_seed),
-                                              cfg.sft.think_open, cfg.sft.think_close));
+      data::make_task_data(
+          cfg.data.task, data_dir,
+          data::task_options(cfg.data, static_cast<uint64_t>(cfg.data.shuffle_seed),
+                             cfg.sft.think_open, cfg.sft.think_close));
       log::info("wrote built-in task '", cfg.data.task, "' data to ", data_dir);
     }
     base.data.eval_path = data_dir + "/eval.jsonl";
@@ -56,8 +57,9 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
               previous);
     out.push_back({"sft", train(c)});
   }
-  MOETRON_CHECK_CONFIG(!out.empty(), "pipeline.pretrain_steps and pipeline.sft_steps are both 0: "
-                                     "nothing to run");
+  MOETRON_CHECK_CONFIG(!out.empty(),
+                       "pipeline.pretrain_steps and pipeline.sft_steps are both 0: "
+                       "nothing to run");
   return out;
 }
 

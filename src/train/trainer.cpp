@@ -92,7 +92,8 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   Stopwatch wall;
 
   // Resume decision first: it decides whether a run directory with another config is ok.
-  const std::string checkpoints = (fs::path(cfg.log.run_dir) / cfg.log.name / "checkpoints").string();
+  const std::string checkpoints =
+      (fs::path(cfg.log.run_dir) / cfg.log.name / "checkpoints").string();
   std::optional<std::string> resume_from;
   if (cfg.ckpt.resume == "auto") {
     resume_from = ckpt::find_resume_checkpoint(checkpoints);
@@ -101,8 +102,9 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   }
   RunDir run = open_run_dir(cfg.log.run_dir, cfg.log.name, yaml, resume_from.has_value());
   LogFileGuard log_file(run.log_path);
-  log::info("run ", run.root, " | stage ", cfg.train.stage == config::Stage::kSft ? "sft" : "pretrain",
-            " | device ", device.str());
+  log::info("run ", run.root, " | stage ",
+            cfg.train.stage == config::Stage::kSft ? "sft" : "pretrain", " | device ",
+            device.str());
 
   auto tokenizer = data::load_tokenizer(cfg.data.tokenizer);
   MOETRON_CHECK_CONFIG(tokenizer->vocab_size() <= cfg.model.vocab_size, "data.tokenizer '",
@@ -137,12 +139,14 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   int64_t step = 0;
   int64_t bad_steps = 0;
   int64_t tokens_seen = 0;
+  double resumed_loss = 0;
   if (resume_from) {
     auto state = ckpt::load_train_checkpoint(*resume_from, *model, *optimizer);
     step = state.step;
     loader.restore(state.loader_state);
     bad_steps = state.extra.value("bad_steps", int64_t{0});
     tokens_seen = state.extra.value("tokens_seen", int64_t{0});
+    resumed_loss = state.extra.value("last_loss", 0.0);
     log::info("resumed from ", *resume_from, " at step ", step);
   }
   MetricsLog metrics(run.metrics_path, step);
@@ -152,16 +156,18 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   const bool bias_update = cfg.moe.bias_update_speed > 0 && cfg.moe.n_routed_experts &&
                            cfg.moe.topk_method == config::TopkMethod::kNoauxTc;
   TrainResult result;
+  result.last_loss = resumed_loss;
   result.run_dir = run.root;
   if (resume_from) result.checkpoint = *resume_from;  // until a new one is written
   auto save = [&](int64_t at_step) {
     ckpt::TrainState state;
     state.step = at_step;
     state.loader_state = loader.state();
-    state.extra = {{"bad_steps", bad_steps}, {"tokens_seen", tokens_seen}};
+    state.extra = {
+        {"bad_steps", bad_steps}, {"tokens_seen", tokens_seen}, {"last_loss", result.last_loss}};
     state.config_yaml = yaml;
-    result.checkpoint = ckpt::save_train_checkpoint(run.checkpoints, *model, *optimizer, state,
-                                                    cfg.ckpt.keep_last);
+    result.checkpoint =
+        ckpt::save_train_checkpoint(run.checkpoints, *model, *optimizer, state, cfg.ckpt.keep_last);
     log::info("saved ", result.checkpoint);
   };
 
@@ -171,9 +177,10 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   while (step < cfg.train.steps) {
     if (signals::interrupt_requested()) {
       save(step);
-      throw Error(ErrorKind::kInterrupted,
-                  str_cat("interrupted by signal ", signals::interrupt_signal(), " at step ", step,
-                          "; checkpoint ", result.checkpoint, " (rerun the same command to resume)"));
+      throw Error(
+          ErrorKind::kInterrupted,
+          str_cat("interrupted by signal ", signals::interrupt_signal(), " at step ", step,
+                  "; checkpoint ", result.checkpoint, " (rerun the same command to resume)"));
     }
     Stopwatch step_clock;
     const double lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
@@ -214,10 +221,12 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
       log::warn("step ", step + 1, ": non-finite loss or gradient (loss ", loss, ", grad norm ",
                 clip.total_norm, "); step skipped (", bad_steps, " in a row)");
       if (bad_steps >= cfg.train.max_bad_steps) {
-        throw Error(str_cat(bad_steps, " consecutive steps with a non-finite loss or gradient "
-                                       "(last at step ", step + 1,
-                                       "); lower optim.lr, check the data, or raise "
-                                       "train.max_bad_steps"));
+        throw Error(str_cat(bad_steps,
+                            " consecutive steps with a non-finite loss or gradient "
+                            "(last at step ",
+                            step + 1,
+                            "); lower optim.lr, check the data, or raise "
+                            "train.max_bad_steps"));
       }
     }
     ++step;
@@ -227,12 +236,18 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
 
     const double dt = step_clock.seconds();
     const double tps = static_cast<double>(tokens) / dt;
-    nlohmann::json rec{{"step", step},        {"loss", loss},
-                       {"main_loss", main_loss}, {"mtp_loss", mtp_loss},
-                       {"balance_loss", balance}, {"grad_norm", clip.total_norm},
-                       {"lr", lr},            {"tokens", tokens},
-                       {"tokens_seen", tokens_seen}, {"tokens_per_s", tps},
-                       {"step_time_s", dt},   {"skipped", !finite}};
+    nlohmann::json rec{{"step", step},
+                       {"loss", loss},
+                       {"main_loss", main_loss},
+                       {"mtp_loss", mtp_loss},
+                       {"balance_loss", balance},
+                       {"grad_norm", clip.total_norm},
+                       {"lr", lr},
+                       {"tokens", tokens},
+                       {"tokens_seen", tokens_seen},
+                       {"tokens_per_s", tps},
+                       {"step_time_s", dt},
+                       {"skipped", !finite}};
     if (slm) rec["slm_kept_fraction"] = targets > 0 ? double(kept) / double(targets) : 0.0;
     if (peak > 0) rec["mfu"] = 3 * flops.with_mtp * tps / peak;
     if (counts.defined()) {
@@ -251,7 +266,11 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
     metrics.write(rec);
     if (step == start_step + 1 || step % cfg.log.every == 0 || step == cfg.train.steps) {
       const double elapsed = train_clock.seconds();
-      StepLine line{step, cfg.train.steps, loss, clip.total_norm, lr,
+      StepLine line{step,
+                    cfg.train.steps,
+                    loss,
+                    clip.total_norm,
+                    lr,
                     static_cast<double>(tokens_this_run) / elapsed,
                     peak > 0 ? 3 * flops.with_mtp * tps / peak : -1,
                     elapsed / double(step - start_step) * double(cfg.train.steps - step)};
@@ -262,9 +281,9 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
       result.eval = evaluate(model, cfg, *tokenizer);
       metrics.write(eval_record(step, result.eval));
       log::info("eval step ", step, ": loss ", result.eval.loss,
-                result.eval.total > 0 ? str_cat(", accuracy ", result.eval.correct, "/",
-                                                result.eval.total)
-                                      : std::string());
+                result.eval.total > 0
+                    ? str_cat(", accuracy ", result.eval.correct, "/", result.eval.total)
+                    : std::string());
     }
     if ((cfg.ckpt.save_every > 0 && step % cfg.ckpt.save_every == 0) || last) save(step);
   }

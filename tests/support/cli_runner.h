@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "moetron/core/files.h"
+
 namespace moetron::testing {
 
 struct CliResult {
@@ -50,7 +52,7 @@ inline std::string scratch_dir() {
   }
   const std::string dir =
       ::testing::TempDir() + "moetron_cfg_" + std::to_string(::getpid()) + "_" + name;
-  std::filesystem::remove_all(dir);
+  moetron::remove_tree(dir);  // never std::filesystem::remove_all: LibTorch breaks it
   std::filesystem::create_directories(dir);
   return dir;
 }

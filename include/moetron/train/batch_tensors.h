@@ -11,7 +11,7 @@ namespace moetron::train {
 
 struct BatchTensors {
   torch::Tensor input_ids, labels, position_ids, segment_ids;  // int64 [B, T]
-  int64_t tokens = 0;  // non-padding tokens
+  int64_t tokens = 0;  // target tokens (labels the shifted loss counts)
 };
 BatchTensors to_tensors(const data::Batch& batch, const torch::Device& device);
 

@@ -17,7 +17,7 @@ struct EvalResult {
   int64_t loss_tokens = 0;  // target tokens in that mean
   double accuracy = 0;      // correct / total
   int64_t correct = 0;
-  int64_t total = 0;        // 0 when the eval data has no answers to check
+  int64_t total = 0;  // 0 when the eval data has no answers to check
 };
 
 struct EvalPrompt {

@@ -2,8 +2,8 @@
 // resumed step on resume), per-layer expert-load statistics, and the fixed console step line.
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <fstream>
