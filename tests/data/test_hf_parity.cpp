@@ -62,7 +62,9 @@ TEST_P(HfParity, EncodeIdsAndDecodeMatchHf) {
     }
     EXPECT_EQ(tok->decode(want, false), rec["decoded"].get<std::string>()) << text;
     EXPECT_EQ(tok->decode(want, true), rec["decoded_skip"].get<std::string>()) << text;
-    if (rec["lossless"].get<bool>()) EXPECT_EQ(tok->decode(got_plain, false), text);
+    if (rec["lossless"].get<bool>()) {
+      EXPECT_EQ(tok->decode(got_plain, false), text);
+    }
   }
   EXPECT_EQ(mismatches, 0u) << "of " << lines.size() << " lines";
   EXPECT_GT(total_ids, 10000u);  // non-trivial
