@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "moetron/core/files.h"
+#include "support/venv_python.h"
 #include "moetron/ckpt/hf_checkpoint.h"
 #include "moetron/core/error.h"
 
@@ -434,16 +435,8 @@ TEST_F(HfDir, NeverClobbersUnlessAsked) {
 // Optional: HF transformers (when the torch venv has it) loads the config.json we write as a
 // DeepseekV3Config with the values we meant, RoPE parameters included.
 TEST_F(HfDir, TransformersLoadsWrittenConfig) {
-  std::string python;
-  if (const char* env = std::getenv("MOETRON_TEST_PYTHON")) {
-    python = env;
-  } else {
-    std::ifstream venv(std::string(MOETRON_SOURCE_DIR) + "/.moetron-venv");
-    std::string dir;
-    if (venv >> dir) python = dir + "/bin/python";
-  }
-  if (python.empty() || !fs::exists(python) ||
-      std::system((python + " -c 'import transformers' >/dev/null 2>&1").c_str()) != 0) {
+  const std::string python = testing::venv_python();
+  if (!testing::python_has(python, "transformers")) {
     GTEST_SKIP() << "transformers not importable from the venv";
   }
   auto cfg = parse_hf_config(kV3Json, "v3").config;

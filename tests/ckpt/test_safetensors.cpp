@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "moetron/core/files.h"
+#include "support/venv_python.h"
 #include "moetron/ckpt/safetensors.h"
 #include "moetron/core/error.h"
 
@@ -155,16 +156,8 @@ TEST_F(SafetensorsTorch, FailedSaveLeavesPreviousFileIntact) {
 // The Python reference (safetensors package in the torch venv) reads our file and re-saves the
 // same tensors; its bytes must equal ours, and we must read its file back exactly.
 TEST_F(SafetensorsTorch, ByteExactAgainstPythonReference) {
-  std::string python;
-  if (const char* env = std::getenv("MOETRON_TEST_PYTHON")) {
-    python = env;
-  } else {
-    std::ifstream venv(std::string(MOETRON_SOURCE_DIR) + "/.moetron-venv");
-    std::string dir;
-    if (venv >> dir) python = dir + "/bin/python";
-  }
-  if (python.empty() || !fs::exists(python) ||
-      std::system((python + " -c 'import safetensors.torch' >/dev/null 2>&1").c_str()) != 0) {
+  const std::string python = testing::venv_python();
+  if (!testing::python_has(python, "safetensors.torch")) {
     GTEST_SKIP() << "Python safetensors not importable from the venv";
   }
   const std::string script = path("resave.py");

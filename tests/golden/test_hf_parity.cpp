@@ -14,6 +14,7 @@
 #include "moetron/core/error.h"
 #include "moetron/core/files.h"
 #include "moetron/model/hf_names.h"
+#include "support/venv_python.h"
 
 namespace moetron {
 namespace {
@@ -90,8 +91,9 @@ TEST_P(HfParity, LogprobsLossAndGradientsMatch) {
 }
 
 TEST_P(HfParity, ExportReloadsInTransformersWithIdenticalTensors) {
-  const std::string python = MOETRON_PYTHON;
-  ASSERT_FALSE(python.empty()) << "configure with -DMOETRON_PYTHON (scripts/setup.sh does)";
+  const std::string python = testing::venv_python();
+  ASSERT_TRUE(testing::python_has(python, "transformers"))
+      << "no venv Python with transformers (scripts/test.sh installs it)";
   auto loaded = ckpt::load_hf_model(dir_);
   const std::string out = ::testing::TempDir() + "moetron_export_" + GetParam();
   remove_tree(out);
