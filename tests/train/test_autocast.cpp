@@ -36,7 +36,9 @@ TEST_F(Autocast, Bf16TrainingKeepsFp32MasterWeightsAndDiffersFromFp32) {
   }
   auto optimizer = ckpt::load_safetensors(checkpoint("bf16", 3) + "/optimizer.safetensors");
   for (const auto& [name, t] : optimizer) {
-    if (t.is_floating_point() && t.dim() > 0) EXPECT_EQ(t.scalar_type(), torch::kFloat32) << name;
+    if (t.is_floating_point() && t.dim() > 0) {
+      EXPECT_EQ(t.scalar_type(), torch::kFloat32) << name;
+    }
   }
 }
 
