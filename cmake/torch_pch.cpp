@@ -2,5 +2,7 @@
 #include <torch/torch.h>
 
 namespace moetron::detail {
-int torch_pch_anchor() { return 0; }
+int torch_pch_anchor() {
+  return 0;
+}
 }  // namespace moetron::detail

@@ -12,8 +12,8 @@
 #include <functional>
 #include <set>
 
-#include "moetron/core/files.h"
 #include "moetron/core/error.h"
+#include "moetron/core/files.h"
 #include "moetron/core/logging.h"
 #include "strict_json.h"
 

@@ -3,8 +3,8 @@
 
 #include <cstring>
 
-#include "moetron/core/files.h"
 #include "moetron/core/error.h"
+#include "moetron/core/files.h"
 
 namespace moetron::ckpt {
 

@@ -5,7 +5,8 @@ namespace moetron::cli {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
-      {"run", "The whole recipe on the built-in task: data, pretrain, SFT, per-stage eval", setup_run},
+      {"run", "The whole recipe on the built-in task: data, pretrain, SFT, per-stage eval",
+       setup_run},
       {"train", "Train one stage (train.stage: pretrain | sft) with checkpoints and resume",
        setup_train},
       {"eval", "Held-out loss and task accuracy of a checkpoint", setup_eval},

@@ -248,7 +248,8 @@ template <class P, class V>
 void visit_pipeline(P& p, V& v) {
   v.field("pretrain_steps", p.pretrain_steps,
           Info("Pretraining steps of `moetron run` (0 skips the stage).").min(0));
-  v.field("sft_steps", p.sft_steps, Info("Cold-start SFT steps of `moetron run` (0 skips it).").min(0));
+  v.field("sft_steps", p.sft_steps,
+          Info("Cold-start SFT steps of `moetron run` (0 skips it).").min(0));
   v.field("sft_lr", p.sft_lr, Info("Peak learning rate of the SFT stage.").gt(0));
   v.field("sft_min_lr", p.sft_min_lr, Info("Final learning rate of the SFT stage.").min(0));
   v.field("sft_warmup_steps", p.sft_warmup_steps, Info("Warmup steps of the SFT stage.").min(0));

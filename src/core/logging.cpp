@@ -20,12 +20,18 @@ Level g_level = Level::kInfo;
 
 spdlog::level::level_enum to_spd(Level level) {
   switch (level) {
-    case Level::kTrace: return spdlog::level::trace;
-    case Level::kDebug: return spdlog::level::debug;
-    case Level::kInfo: return spdlog::level::info;
-    case Level::kWarn: return spdlog::level::warn;
-    case Level::kError: return spdlog::level::err;
-    case Level::kOff: return spdlog::level::off;
+    case Level::kTrace:
+      return spdlog::level::trace;
+    case Level::kDebug:
+      return spdlog::level::debug;
+    case Level::kInfo:
+      return spdlog::level::info;
+    case Level::kWarn:
+      return spdlog::level::warn;
+    case Level::kError:
+      return spdlog::level::err;
+    case Level::kOff:
+      return spdlog::level::off;
   }
   return spdlog::level::info;
 }
@@ -56,18 +62,25 @@ Level parse_level(std::string_view text, std::string_view key) {
   for (const auto& [name, level] : kLevels) {
     if (text == name) return level;
   }
-  throw Error(ErrorKind::kConfig, str_cat(key, ": unknown log level '", text,
-                                          "'; expected one of trace, debug, info, warn, error, off"));
+  throw Error(ErrorKind::kConfig,
+              str_cat(key, ": unknown log level '", text,
+                      "'; expected one of trace, debug, info, warn, error, off"));
 }
 
 std::string_view level_name(Level level) {
   switch (level) {
-    case Level::kTrace: return "trace";
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarn: return "warn";
-    case Level::kError: return "error";
-    case Level::kOff: return "off";
+    case Level::kTrace:
+      return "trace";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
+    case Level::kOff:
+      return "off";
   }
   return "info";
 }
@@ -87,7 +100,9 @@ void set_level(Level level) {
   logger().set_level(to_spd(level));
 }
 
-Level level() { return g_level; }
+Level level() {
+  return g_level;
+}
 
 void set_rank(int rank) {
   std::lock_guard<std::mutex> lock(g_mutex);
@@ -108,12 +123,16 @@ void remove_files() {
   sinks.resize(1);  // the console sink is always first
 }
 
-bool enabled(Level level) { return level >= g_level && level != Level::kOff; }
+bool enabled(Level level) {
+  return level >= g_level && level != Level::kOff;
+}
 
 void write(Level level, std::string_view message) {
   logger().log(to_spd(level), "{}", message);
 }
 
-void flush() { logger().flush(); }
+void flush() {
+  logger().flush();
+}
 
 }  // namespace moetron::log

@@ -12,9 +12,9 @@ namespace moetron {
 
 RunDir open_run_dir(const std::string& parent, const std::string& name,
                     const std::string& config_yaml, bool resuming) {
-  MOETRON_CHECK_CONFIG(!name.empty() && name.find('/') == std::string::npos && name != "." &&
-                           name != "..",
-                       "log.name must be a plain directory name, got '", name, "'");
+  MOETRON_CHECK_CONFIG(
+      !name.empty() && name.find('/') == std::string::npos && name != "." && name != "..",
+      "log.name must be a plain directory name, got '", name, "'");
   RunDir run;
   run.root = (fs::path(parent) / name).string();
   run.config_path = (fs::path(run.root) / "config.yaml").string();
@@ -31,11 +31,11 @@ RunDir open_run_dir(const std::string& parent, const std::string& name,
     const std::string old = read_text_file(run.config_path);
     if (old == config_yaml) return run;
     if (!resuming) {
-      throw Error(ErrorKind::kConfig,
-                  str_cat("run directory ", run.root, " belongs to a different config (",
-                          run.config_path,
-                          " differs from the resolved config); choose another log.name, "
-                          "delete the directory, or resume with train.resume/--resume"));
+      throw Error(
+          ErrorKind::kConfig,
+          str_cat("run directory ", run.root, " belongs to a different config (", run.config_path,
+                  " differs from the resolved config); choose another log.name, "
+                  "delete the directory, or resume with train.resume/--resume"));
     }
     int n = 1;
     while (fs::exists(fs::path(run.root) / str_cat("config.", n, ".yaml"))) ++n;

@@ -23,8 +23,14 @@ void install_interrupt_handlers() {
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
 }
-bool interrupt_requested() { return g_signal.load() != 0; }
-int interrupt_signal() { return g_signal.load(); }
-void reset() { g_signal.store(0); }
+bool interrupt_requested() {
+  return g_signal.load() != 0;
+}
+int interrupt_signal() {
+  return g_signal.load();
+}
+void reset() {
+  g_signal.store(0);
+}
 
 }  // namespace moetron::signals

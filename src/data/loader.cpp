@@ -32,8 +32,8 @@ std::unique_ptr<JsonlFile> open_dataset(const config::DataConfig& data, config::
   const std::string& path = split == Split::kTrain ? data.train_path : data.eval_path;
   RecordKind kind = stage == config::Stage::kPretrain ? RecordKind::kPretrain : RecordKind::kSft;
   if (!path.empty()) return std::make_unique<JsonlFile>(path, kind, data.skip_bad_lines);
-  TaskData td = generate_task_data(
-      data.task, task_options(data, static_cast<uint64_t>(seed), chat.think_open, chat.think_close));
+  TaskData td = generate_task_data(data.task, task_options(data, static_cast<uint64_t>(seed),
+                                                           chat.think_open, chat.think_close));
   std::vector<std::string>* lines = split == Split::kEval               ? &td.eval
                                     : stage == config::Stage::kPretrain ? &td.pretrain
                                                                         : &td.sft;

@@ -19,6 +19,8 @@ bool cuda_kernels_built() {
   return MOETRON_HAVE_CUDA_KERNELS != 0;
 }
 
-bool cuda_available() { return cuda_kernels_built() && torch::cuda::is_available(); }
+bool cuda_available() {
+  return cuda_kernels_built() && torch::cuda::is_available();
+}
 
 }  // namespace moetron::ops

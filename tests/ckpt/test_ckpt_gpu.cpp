@@ -6,9 +6,9 @@
 
 #include <filesystem>
 
-#include "moetron/core/files.h"
 #include "moetron/ckpt/hf_checkpoint.h"
 #include "moetron/ckpt/safetensors.h"
+#include "moetron/core/files.h"
 
 namespace moetron::ckpt {
 namespace {

@@ -9,10 +9,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "moetron/core/files.h"
-#include "support/venv_python.h"
 #include "moetron/ckpt/hf_checkpoint.h"
 #include "moetron/core/error.h"
+#include "moetron/core/files.h"
+#include "support/venv_python.h"
 
 namespace moetron::ckpt {
 namespace {

@@ -10,10 +10,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "moetron/core/files.h"
-#include "support/venv_python.h"
 #include "moetron/ckpt/safetensors.h"
 #include "moetron/core/error.h"
+#include "moetron/core/files.h"
+#include "support/venv_python.h"
 
 namespace moetron::ckpt {
 namespace {

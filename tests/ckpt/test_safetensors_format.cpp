@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "moetron/core/files.h"
 #include "moetron/ckpt/safetensors_format.h"
 #include "moetron/core/error.h"
+#include "moetron/core/files.h"
 
 namespace moetron::ckpt {
 namespace {

@@ -144,8 +144,8 @@ TEST(Cli, QuickstartInheritsTiny) {
   const CliResult r = run_moetron({"config", "configs/quickstart.yaml"}, MOETRON_SOURCE_DIR);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(dumped(r.out, "log", "name"), "quickstart");
-  EXPECT_EQ(dumped(r.out, "model", "hidden_size"), "128");          // quickstart's own
-  EXPECT_EQ(dumped(r.out, "model", "vocab_size"), "320");           // from tiny.yaml
+  EXPECT_EQ(dumped(r.out, "model", "hidden_size"), "128");           // quickstart's own
+  EXPECT_EQ(dumped(r.out, "model", "vocab_size"), "320");            // from tiny.yaml
   EXPECT_EQ(dumped(r.out, "mtp", "num_nextn_predict_layers"), "1");  // from tiny.yaml
 }
 

@@ -50,7 +50,8 @@ TEST_P(HfGolden, LogitsAndLossMatchTransformers) {
   const std::string path =
       std::string(MOETRON_FIXTURE_DIR) + "/model/hf_deepseek_" + name + ".safetensors";
   ASSERT_TRUE(std::ifstream(path).good())
-      << "no fixture " << path << " (scripts/make_fixtures.sh generates it; scripts/test.sh runs it)";
+      << "no fixture " << path
+      << " (scripts/make_fixtures.sh generates it; scripts/test.sh runs it)";
   auto data = ckpt::load_safetensors(path);
   std::unordered_map<std::string, torch::Tensor> weights;
   for (auto& [k, v] : data) {

@@ -82,7 +82,7 @@ struct MtpConfig {
 // ---- training -----------------------------------------------------------------------------
 
 struct DataConfig {
-  std::string tokenizer = "byte";  // "byte" or a path to an HF tokenizer.json
+  std::string tokenizer = "byte";   // "byte" or a path to an HF tokenizer.json
   std::string task = "arithmetic";  // built-in task when no paths are given
   std::string train_path;           // JSONL; empty = built-in task
   std::string eval_path;
@@ -130,7 +130,7 @@ struct OptimConfig {
 };
 
 struct SlmConfig {
-  double ratio = 1.0;      // fraction of tokens kept (1.0 = plain SFT)
+  double ratio = 1.0;     // fraction of tokens kept (1.0 = plain SFT)
   std::string reference;  // checkpoint of the frozen reference model
 };
 
@@ -154,9 +154,9 @@ struct RlConfig {
   int64_t ppo_epochs = 1;  // mu
   double epsilon_low = 0.2;
   double epsilon_high = 0.2;
-  double beta = 0.0;                         // KL weight (k3); 0 loads no reference model
-  std::string loss_agg = "token_mean";       // seq_mean_token_mean | token_mean | seq_sum_norm
-  std::string advantage_std = "sample";      // sample | population | none (Dr.GRPO)
+  double beta = 0.0;                     // KL weight (k3); 0 loads no reference model
+  std::string loss_agg = "token_mean";   // seq_mean_token_mean | token_mean | seq_sum_norm
+  std::string advantage_std = "sample";  // sample | population | none (Dr.GRPO)
   double advantage_eps = 1e-4;
   bool dynamic_sampling = false;
   int64_t max_new_tokens = 128;

@@ -39,19 +39,19 @@ namespace detail {
 }  // namespace moetron
 
 // MOETRON_CHECK(cond, "expected ...", value, ...): throws moetron::Error (runtime kind).
-#define MOETRON_CHECK(cond, ...)                                                             \
-  do {                                                                                       \
-    if (!(cond)) {                                                                           \
+#define MOETRON_CHECK(cond, ...)                                                              \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
       ::moetron::detail::throw_check_failure(::moetron::ErrorKind::kRuntime, #cond, __FILE__, \
-                                             __LINE__, ::moetron::str_cat(__VA_ARGS__));     \
-    }                                                                                        \
+                                             __LINE__, ::moetron::str_cat(__VA_ARGS__));      \
+    }                                                                                         \
   } while (0)
 
 // Same, for mistakes a user fixes in the config or on the command line (exit code 2).
-#define MOETRON_CHECK_CONFIG(cond, ...)                                                     \
-  do {                                                                                      \
-    if (!(cond)) {                                                                          \
+#define MOETRON_CHECK_CONFIG(cond, ...)                                                      \
+  do {                                                                                       \
+    if (!(cond)) {                                                                           \
       ::moetron::detail::throw_check_failure(::moetron::ErrorKind::kConfig, #cond, __FILE__, \
-                                             __LINE__, ::moetron::str_cat(__VA_ARGS__));    \
-    }                                                                                       \
+                                             __LINE__, ::moetron::str_cat(__VA_ARGS__));     \
+    }                                                                                        \
   } while (0)

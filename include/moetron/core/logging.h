@@ -29,14 +29,24 @@ void write(Level level, std::string_view message);
 void flush();
 
 template <typename... Args>
-void trace(const Args&... a) { if (enabled(Level::kTrace)) write(Level::kTrace, str_cat(a...)); }
+void trace(const Args&... a) {
+  if (enabled(Level::kTrace)) write(Level::kTrace, str_cat(a...));
+}
 template <typename... Args>
-void debug(const Args&... a) { if (enabled(Level::kDebug)) write(Level::kDebug, str_cat(a...)); }
+void debug(const Args&... a) {
+  if (enabled(Level::kDebug)) write(Level::kDebug, str_cat(a...));
+}
 template <typename... Args>
-void info(const Args&... a) { if (enabled(Level::kInfo)) write(Level::kInfo, str_cat(a...)); }
+void info(const Args&... a) {
+  if (enabled(Level::kInfo)) write(Level::kInfo, str_cat(a...));
+}
 template <typename... Args>
-void warn(const Args&... a) { if (enabled(Level::kWarn)) write(Level::kWarn, str_cat(a...)); }
+void warn(const Args&... a) {
+  if (enabled(Level::kWarn)) write(Level::kWarn, str_cat(a...));
+}
 template <typename... Args>
-void error(const Args&... a) { if (enabled(Level::kError)) write(Level::kError, str_cat(a...)); }
+void error(const Args&... a) {
+  if (enabled(Level::kError)) write(Level::kError, str_cat(a...));
+}
 
 }  // namespace moetron::log

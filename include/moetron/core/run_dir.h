@@ -8,12 +8,12 @@
 namespace moetron {
 
 struct RunDir {
-  std::string root;           // runs/<name>
-  std::string config_path;    // root/config.yaml
-  std::string log_path;       // root/log.txt
-  std::string metrics_path;   // root/metrics.jsonl
-  std::string checkpoints;    // root/checkpoints
-  bool existed = false;       // the directory held a run before this call
+  std::string root;          // runs/<name>
+  std::string config_path;   // root/config.yaml
+  std::string log_path;      // root/log.txt
+  std::string metrics_path;  // root/metrics.jsonl
+  std::string checkpoints;   // root/checkpoints
+  bool existed = false;      // the directory held a run before this call
 };
 
 // Creates or reopens `<parent>/<name>` for a run whose resolved config is `config_yaml`.
