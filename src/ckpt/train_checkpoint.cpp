@@ -351,6 +351,18 @@ TrainState load_train_checkpoint(const std::string& checkpoint_dir, torch::nn::M
   return state;
 }
 
+void load_checkpoint_model(const std::string& checkpoint_dir, torch::nn::Module& model) {
+  try {
+    verify_checkpoint(checkpoint_dir);
+  } catch (const Error& e) {
+    throw Error(e.kind(), str_cat("cannot load checkpoint ", checkpoint_dir, ": ", e.what(), "\n",
+                                  valid_list_text(parent_of(checkpoint_dir))));
+  }
+  auto prepared = detail::prepare_model_load(join(checkpoint_dir, kModelFile), model);
+  detail::apply_model_load(prepared);
+  log::info("loaded model weights from ", checkpoint_dir);
+}
+
 std::optional<std::string> find_resume_checkpoint(const std::string& checkpoints_dir) {
   std::string tried;
   const std::string latest_path = join(checkpoints_dir, kLatestFile);

@@ -169,11 +169,13 @@ PreparedModel prepare_model_load(const std::string& path, torch::nn::Module& mod
         str_cat(path,
                 ": the model does not match the checkpoint (was it written with another model "
                 "config? see config.yaml beside it)");
-    if (!missing.empty()) message += str_cat("\nmissing in the checkpoint:", bullet_list(missing));
-    if (!unexpected.empty()) {
-      message += str_cat("\nin the checkpoint but not in the model:", bullet_list(unexpected));
-    }
-    if (!mismatched.empty()) message += str_cat("\nshape/dtype mismatch:", bullet_list(mismatched));
+    auto add = [&](const char* what, const std::vector<std::string>& names) {
+      if (!names.empty())
+        message += str_cat("\n", what, " (", names.size(), "):", bullet_list(names));
+    };
+    add("missing in the checkpoint", missing);
+    add("in the checkpoint but not in the model", unexpected);
+    add("shape/dtype mismatch", mismatched);
     throw Error(ErrorKind::kConfig, message);
   }
   return prepared;

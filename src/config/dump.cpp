@@ -82,7 +82,7 @@ class FlowVisitor {
 };
 
 // One markdown table per section: key, type, default, meaning.
-class ReferenceVisitor {
+class ReferenceVisitor : public KeyPath {
  public:
   std::string text() const { return out_.str(); }
 
@@ -130,19 +130,11 @@ class ReferenceVisitor {
   }
 
  private:
-  template <class F>
-  void scoped(const std::string& name, F&& fn) {
-    const std::string saved = prefix_;
-    prefix_ += name + ".";
-    fn();
-    prefix_ = saved;
-  }
   void row(const std::string& key, const std::string& type, const std::string& def,
            const std::string& meaning) {
     out_ << "| `" << key << "` | " << type << " | " << def << " | " << meaning << " |\n";
   }
   std::ostringstream out_;
-  std::string prefix_;
 };
 
 const char* const kReferenceHeader = R"(# Configuration reference

@@ -246,4 +246,18 @@ std::string field_problem(const std::string& path, const T& value, const Info& i
   return "";
 }
 
+// Base of the schema visitors: the dotted key path of the field being visited ("moe.n_group").
+class KeyPath {
+ protected:
+  // Runs fn with `name` appended to the path.
+  template <class F>
+  void scoped(const std::string& name, F&& fn) {
+    const std::string saved = prefix_;
+    prefix_ += name + ".";
+    fn();
+    prefix_ = saved;
+  }
+  std::string prefix_;
+};
+
 }  // namespace moetron::config::detail

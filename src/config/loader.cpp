@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // Collects every key path ("moe.n_group", "model.rope_scaling.factor") for suggestions.
-class KeysVisitor {
+class KeysVisitor : public KeyPath {
  public:
   std::vector<std::string> keys;
 
@@ -43,16 +43,6 @@ class KeysVisitor {
   void list(const char* name, const std::vector<T>&, const Info&, F&&) {
     keys.push_back(prefix_ + name);
   }
-
- private:
-  template <class F>
-  void scoped(const char* name, F&& fn) {
-    const std::string saved = prefix_;
-    prefix_ += std::string(name) + ".";
-    fn();
-    prefix_ = saved;
-  }
-  std::string prefix_;
 };
 
 const std::vector<std::string>& all_keys() {

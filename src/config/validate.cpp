@@ -9,7 +9,7 @@ namespace detail {
 namespace {
 
 // Re-checks each field against its metadata, as the loader does while reading.
-class CheckVisitor {
+class CheckVisitor : public KeyPath {
  public:
   template <class F>
   void section(const char* name, const char*, F&& fn) {
@@ -30,16 +30,6 @@ class CheckVisitor {
       scoped(str_cat(name, "[", i, "]"), [&] { fn(items[i], *this); });
     }
   }
-
- private:
-  template <class F>
-  void scoped(const std::string& name, F&& fn) {
-    const std::string saved = prefix_;
-    prefix_ += name + ".";
-    fn();
-    prefix_ = saved;
-  }
-  std::string prefix_;
 };
 
 const char* name_of(TopkMethod m) {

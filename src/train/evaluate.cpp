@@ -8,7 +8,6 @@
 #include <unordered_map>
 
 #include "moetron/ckpt/hf_checkpoint.h"
-#include "moetron/ckpt/safetensors.h"
 #include "moetron/ckpt/train_checkpoint.h"
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
@@ -122,41 +121,7 @@ void load_model_weights(const std::string& path, model::DeepseekV3ForCausalLM& m
     log::info("initialised weights from HF checkpoint ", path);
     return;
   }
-  const std::string dir = resolve_checkpoint(path);
-  ckpt::verify_checkpoint(dir);
-  auto tensors = ckpt::load_safetensors((fs::path(dir) / ckpt::kModelFile).string());
-  std::vector<std::string> missing, mismatched;
-  std::unordered_map<std::string, torch::Tensor> targets;
-  for (auto& p : model->named_parameters()) targets[p.key()] = p.value();
-  for (auto& b : model->named_buffers()) targets[b.key()] = b.value();
-  for (auto& [name, t] : targets) {
-    auto it = tensors.find(name);
-    if (it == tensors.end()) {
-      missing.push_back(name);
-    } else if (it->second.sizes() != t.sizes()) {
-      mismatched.push_back(
-          str_cat(name, " (model ", t.sizes(), ", checkpoint ", it->second.sizes(), ")"));
-    }
-  }
-  std::vector<std::string> unexpected;
-  for (auto& [name, t] : tensors) {
-    if (!targets.count(name)) unexpected.push_back(name);
-  }
-  if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
-    std::string msg = str_cat(dir, ": the checkpoint does not fit the configured model");
-    auto add = [&](const char* what, std::vector<std::string> names) {
-      if (names.empty()) return;
-      std::sort(names.begin(), names.end());
-      msg += str_cat("; ", what, " (", names.size(), "):");
-      for (auto& n : names) msg += " " + n;
-    };
-    add("missing", missing);
-    add("unexpected", unexpected);
-    add("shape mismatch", mismatched);
-    throw Error(ErrorKind::kConfig, msg);
-  }
-  for (auto& [name, t] : targets) t.copy_(tensors.at(name));
-  log::info("initialised weights from ", dir);
+  ckpt::load_checkpoint_model(resolve_checkpoint(path), *model);
 }
 
 }  // namespace moetron::train

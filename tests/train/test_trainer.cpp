@@ -324,11 +324,12 @@ TEST_F(TrainerTest, InitFromAnotherModelListsTheNames) {
   }
   ASSERT_GT(unexpected + missing, 0);
   if (unexpected > 0) {
-    EXPECT_NE(message.find(str_cat("unexpected (", unexpected, ")")), std::string::npos)
+    EXPECT_NE(message.find(str_cat("in the checkpoint but not in the model (", unexpected, ")")),
+              std::string::npos)
         << message.substr(0, 300);
   }
   if (missing > 0) {
-    EXPECT_NE(message.find(str_cat("missing (", missing, ")")), std::string::npos)
+    EXPECT_NE(message.find(str_cat("missing in the checkpoint (", missing, ")")), std::string::npos)
         << message.substr(0, 300);
   }
 }

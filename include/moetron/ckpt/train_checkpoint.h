@@ -55,6 +55,10 @@ std::string save_train_checkpoint(const std::string& checkpoints_dir, torch::nn:
 TrainState load_train_checkpoint(const std::string& checkpoint_dir, torch::nn::Module& model,
                                  torch::optim::Optimizer& optimizer);
 
+// Only the model's parameters and buffers (e.g. to start SFT from a pretraining run): verifies
+// the manifest, checks every name, shape and dtype before changing anything, then copies.
+void load_checkpoint_model(const std::string& checkpoint_dir, torch::nn::Module& model);
+
 // The checkpoint `train.resume: auto` resumes from: the one `latest` names if it verifies, else
 // the newest that verifies (each skipped one is logged with its reason); nullopt when none does.
 std::optional<std::string> find_resume_checkpoint(const std::string& checkpoints_dir);
