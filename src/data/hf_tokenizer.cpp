@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <unordered_map>
 
 #include "added_vocab.h"
@@ -13,6 +11,7 @@
 #include "byte_level.h"
 #include "json_view.h"
 #include "moetron/core/error.h"
+#include "moetron/core/files.h"
 #include "pre_tokenizer.h"
 #include "unicode.h"
 
@@ -21,12 +20,13 @@ namespace {
 
 enum class Kind : uint8_t { kNone, kModel, kAdded, kSpecial };
 
+// A tokenizer file the user named is a config input: a missing one is a config error.
 std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(ErrorKind::kConfig, str_cat("cannot open tokenizer file '", path, "'"));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  try {
+    return read_text_file(path);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::kConfig, str_cat("tokenizer file: ", e.what()));
+  }
 }
 
 nlohmann::json parse_json(const std::string& text, const std::string& source) {
