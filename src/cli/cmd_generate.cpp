@@ -16,6 +16,7 @@
 #include "moetron/rl/generate.h"
 #include "moetron/train/batch_tensors.h"
 #include "moetron/train/evaluate.h"
+#include "moetron/train/rollout.h"
 
 namespace moetron::cli {
 
@@ -23,7 +24,7 @@ Run setup_generate(CLI::App& app) {
   struct Args {
     std::shared_ptr<ConfigArgs> config = std::make_shared<ConfigArgs>();
     std::string model, input;
-    std::vector<std::string> prompts;
+    std::vector<std::string> prompts, stop;
     bool greedy = false;
     int64_t max_new_tokens = 0;
     uint64_t seed = 0;
@@ -38,6 +39,8 @@ Run setup_generate(CLI::App& app) {
                "Argmax decoding (default: sample with rl.temperature, "
                "rl.top_k, rl.top_p)");
   app.add_option("--max-new-tokens", args->max_new_tokens, "Default: rl.max_new_tokens");
+  app.add_option("--stop", args->stop,
+                 "Stop string (repeatable), besides eos; the completion keeps it");
   app.add_option("--seed", args->seed, "Sampling seed")->capture_default_str();
   return [args]() {
     auto cfg = config::load_file(args->config->path, args->config->overrides);
@@ -54,18 +57,12 @@ Run setup_generate(CLI::App& app) {
     train::load_model_weights(args->model, model);
     data::ChatTemplate chat(*tokenizer, train::chat_options(cfg));
     std::vector<std::vector<int64_t>> ids;
-    for (const auto& p : prompts) {
-      auto r = chat.render_prompt({{"user", p}});
-      ids.emplace_back(r.begin(), r.end());
-    }
-    rl::SamplingOptions o;
+    for (const auto& p : prompts) ids.push_back(train::prompt_ids(chat, p));
+    auto o = train::sampling_options(cfg, *tokenizer);
     o.greedy = args->greedy;
-    o.temperature = cfg.rl.temperature;
-    o.top_k = cfg.rl.top_k;
-    o.top_p = cfg.rl.top_p;
-    o.max_new_tokens = args->max_new_tokens > 0 ? args->max_new_tokens : cfg.rl.max_new_tokens;
+    if (args->max_new_tokens > 0) o.max_new_tokens = args->max_new_tokens;
     o.seed = args->seed;
-    if (auto eos = tokenizer->eos_id()) o.stop_ids = {*eos};
+    for (const auto& s : args->stop) o.stop_strings.push_back(s);
     auto completions = rl::generate(model, ids, o);
     for (size_t i = 0; i < prompts.size(); ++i) {
       std::vector<int32_t> gen(completions[i].ids.begin(), completions[i].ids.end());

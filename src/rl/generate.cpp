@@ -41,6 +41,21 @@ void compact_cache(model::KvCache& cache, const torch::Tensor& keep) {
   cache.valid_BS = cache.valid_BS.index_select(0, keep);
 }
 
+// Whether the completion's text now contains a stop string that ends in its last token: only a
+// tail of tokens long enough to hold the longest stop string (every token decodes to >= 1
+// byte, special tokens to their text) is decoded, so the check costs O(longest) per step.
+bool hits_stop_string(const std::vector<int64_t>& ids, const SamplingOptions& o, size_t longest) {
+  const size_t n = std::min(ids.size(), longest + 1);
+  const std::string tail = o.decode(std::vector<int64_t>(ids.end() - n, ids.end()));
+  const std::string before =
+      n > 1 ? o.decode(std::vector<int64_t>(ids.end() - n, ids.end() - 1)) : std::string();
+  for (const auto& s : o.stop_strings) {
+    // Found in the tail but not already before the last token (then it would have stopped).
+    if (tail.find(s) != std::string::npos && before.find(s) == std::string::npos) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::vector<Completion> generate(model::DeepseekV3ForCausalLM& model,
@@ -48,6 +63,13 @@ std::vector<Completion> generate(model::DeepseekV3ForCausalLM& model,
                                  const SamplingOptions& options) {
   MOETRON_CHECK(!prompts.empty(), "generate: no prompts");
   MOETRON_CHECK(options.max_new_tokens > 0, "generate: max_new_tokens must be > 0");
+  MOETRON_CHECK(options.stop_strings.empty() || options.decode,
+                "generate: stop_strings need a decode function");
+  size_t longest_stop = 0;
+  for (const auto& s : options.stop_strings) {
+    MOETRON_CHECK(!s.empty(), "generate: empty stop string");
+    longest_stop = std::max(longest_stop, s.size());
+  }
   const auto& cfg = model->config().model;
   int64_t max_prompt = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -100,6 +122,8 @@ std::vector<Completion> generate(model::DeepseekV3ForCausalLM& model,
     }
     tok_B = tok_B.contiguous();
     auto tok_logp_B = logp_BV.gather(1, tok_B.unsqueeze(1)).squeeze(1).contiguous();
+    auto entropy_B = (-(logp_BV.exp() * logp_BV).sum(1)).contiguous();
+    const auto entropy = entropy_B.accessor<float, 1>();
     const auto tok = tok_B.accessor<int64_t, 1>();
     const auto tok_logp = tok_logp_B.accessor<float, 1>();
     std::vector<int64_t> keep;
@@ -108,8 +132,10 @@ std::vector<Completion> generate(model::DeepseekV3ForCausalLM& model,
       const int64_t t = tok[static_cast<int64_t>(r)];
       c.ids.push_back(t);
       c.logprobs.push_back(tok_logp[static_cast<int64_t>(r)]);
-      const bool stop =
-          std::find(options.stop_ids.begin(), options.stop_ids.end(), t) != options.stop_ids.end();
+      c.entropies.push_back(entropy[static_cast<int64_t>(r)]);
+      const bool stop = std::find(options.stop_ids.begin(), options.stop_ids.end(), t) !=
+                            options.stop_ids.end() ||
+                        (longest_stop > 0 && hits_stop_string(c.ids, options, longest_stop));
       c.stopped = stop;
       if (!stop) keep.push_back(static_cast<int64_t>(r));
     }

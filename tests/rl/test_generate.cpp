@@ -120,6 +120,36 @@ TEST(Generate, StopIdsEndRowsEarlyAndTopKOneIsGreedy) {
   for (size_t i = 0; i < t.size(); ++i) EXPECT_EQ(t[i].ids, g[i].ids);
 }
 
+TEST(Generate, StopStringsEndRowsWhereTheTextFirstContainsThem) {
+  auto m = tiny_model();
+  SamplingOptions greedy;
+  greedy.greedy = true;
+  greedy.max_new_tokens = 12;
+  auto g = generate(m, kPrompts, greedy);
+  // A toy detokenizer: one letter per token, so a stop string can span two tokens.
+  auto decode = [](const std::vector<int64_t>& ids) {
+    std::string s;
+    for (int64_t t : ids) s += static_cast<char>('a' + t % 26);
+    return s;
+  };
+  const std::string text0 = decode(g[0].ids);
+  const std::string stop = text0.substr(2, 2);  // tokens 2 and 3 of row 0
+  SamplingOptions o = greedy;
+  o.stop_strings = {stop};
+  o.decode = decode;
+  auto s = generate(m, kPrompts, o);
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto at = decode(g[i].ids).find(stop);
+    const size_t want = at == std::string::npos ? g[i].ids.size() : at + stop.size();
+    EXPECT_EQ(s[i].ids.size(), want) << "row " << i;
+    EXPECT_EQ(s[i].stopped, at != std::string::npos) << "row " << i;
+    EXPECT_EQ(std::vector<int64_t>(g[i].ids.begin(), g[i].ids.begin() + want), s[i].ids);
+  }
+  EXPECT_TRUE(s[0].stopped);
+  o.decode = nullptr;
+  EXPECT_THROW(generate(m, kPrompts, o), Error);
+}
+
 TEST(Generate, RejectsTooLongRequests) {
   auto m = tiny_model();
   SamplingOptions o;

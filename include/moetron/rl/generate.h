@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "moetron/model/model.h"
@@ -16,14 +18,19 @@ struct SamplingOptions {
   int64_t top_k = 0;              // 0 = off
   double top_p = 1.0;             // 1 = off
   std::vector<int64_t> stop_ids;  // e.g. eos; the stop token is kept in the completion
-  uint64_t seed = 0;              // sampling generator seed (runs are reproducible)
+  // Stop strings (e.g. "</answer>"): a row stops at the first token whose text completes one;
+  // that token is kept. Needs `decode` (token ids -> text, special tokens as their text).
+  std::vector<std::string> stop_strings;
+  std::function<std::string(const std::vector<int64_t>&)> decode;
+  uint64_t seed = 0;  // sampling generator seed (runs are reproducible)
 };
 
 struct Completion {
-  std::vector<int64_t> ids;     // generated tokens only
-  std::vector<float> logprobs;  // log p of each generated token under the sampling distribution
-                                // before temperature/top-k/top-p (the model's own)
-  bool stopped = false;         // ended on a stop id (false: hit max_new_tokens)
+  std::vector<int64_t> ids;      // generated tokens only
+  std::vector<float> logprobs;   // log p of each generated token under the sampling distribution
+                                 // before temperature/top-k/top-p (the model's own)
+  std::vector<float> entropies;  // entropy (nats) of the model's next-token distribution there
+  bool stopped = false;          // ended on a stop id or stop string (false: hit max_new_tokens)
 };
 
 // Generates one completion per prompt. The model is switched to eval() and restored after;
