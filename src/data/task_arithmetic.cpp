@@ -96,7 +96,7 @@ void long_multiply(std::ostream& os, int64_t a, int64_t b) {
 Problem make_arithmetic(Rng& rng, const TaskDataOptions& options) {
   int64_t a = random_operand(rng, options.max_digits);
   int64_t b = random_operand(rng, options.max_digits);
-  const char op = "+-*"[rng.uniform(0, 2)];
+  const char op = options.ops[rng.uniform(0, static_cast<int64_t>(options.ops.size()) - 1)];
   int64_t result = op == '+' ? a + b : op == '-' ? a - b : a * b;
 
   std::ostringstream trace;

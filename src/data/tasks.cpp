@@ -3,6 +3,7 @@
 #include "moetron/data/tasks.h"
 
 #include <filesystem>
+#include <set>
 #include <unordered_set>
 
 #include <nlohmann/json.hpp>
@@ -45,6 +46,9 @@ void check_options(const TaskDataOptions& o) {
        "counts must be >= 0");
   need(o.problems_per_doc >= 1, "problems_per_doc must be >= 1");
   need(o.max_digits >= 1 && o.max_digits <= 9, "max_digits must be in [1, 9]");
+  need(!o.ops.empty() && o.ops.find_first_not_of("+-*") == std::string::npos &&
+           std::set<char>(o.ops.begin(), o.ops.end()).size() == o.ops.size(),
+       "ops must be distinct characters of \"+-*\", got \"" + o.ops + "\"");
   need(o.max_numbers >= 3 && o.max_numbers <= 6, "max_numbers must be in [3, 6]");
   need(o.max_number >= 2 && o.max_number <= 1000, "max_number must be in [2, 1000]");
   need(o.max_target >= 10 && o.max_target <= 1000000, "max_target must be in [10, 1e6]");
@@ -89,6 +93,7 @@ TaskDataOptions task_options(const config::DataConfig& data, uint64_t seed,
   TaskDataOptions o;
   o.seed = seed;
   o.max_digits = data.task_max_digits;
+  o.ops = data.task_ops;
   o.max_numbers = data.task_max_numbers;
   o.num_pretrain_docs = data.task_size;
   o.num_sft = data.task_size;
@@ -171,6 +176,7 @@ void make_task_data(const std::string& task, const std::string& out_dir, const T
                          {"options",
                           {{"problems_per_doc", o.problems_per_doc},
                            {"max_digits", o.max_digits},
+                           {"ops", o.ops},
                            {"max_numbers", o.max_numbers},
                            {"max_number", o.max_number},
                            {"max_target", o.max_target},

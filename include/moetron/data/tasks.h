@@ -19,8 +19,9 @@ struct TaskDataOptions {
   int64_t num_rl = 2000;
   int64_t num_eval = 200;
   int64_t problems_per_doc = 8;  // worked problems per pretraining document
-  // arithmetic: operands have 1..max_digits digits; ops drawn from + - *.
+  // arithmetic: operands have 1..max_digits digits; operators drawn uniformly from `ops`.
   int64_t max_digits = 3;
+  std::string ops = "+-*";
   // countdown: 3..max_numbers numbers (3 or 4), each in [1, max_number]; targets <= max_target.
   int64_t max_numbers = 4;
   int64_t max_number = 25;
