@@ -106,6 +106,9 @@ void visit_data(D& d, V& v) {
   v.field("shuffle_seed", d.shuffle_seed, Info("Seed of the data order.").min(0));
   v.field("task_max_digits", d.task_max_digits,
           Info("Built-in arithmetic: operands have 1..n digits.").min(1).max(9));
+  v.field("task_ops", d.task_ops,
+          Info("Built-in arithmetic: the operators problems draw from (distinct characters of "
+               "`+-*`)."));
   v.field("task_max_numbers", d.task_max_numbers,
           Info("Built-in countdown: 3..n given numbers.").min(3).max(6));
   v.field("task_size", d.task_size,
@@ -169,9 +172,11 @@ void visit_sft(S& s, V& v) {
 
 template <class R, class V>
 void visit_reward(R& r, V& v) {
-  v.field(
-      "name", r.name,
-      Info("Verifier name.").one_of({"accuracy", "format", "countdown", "language", "overlong"}));
+  // Not a closed set: programs may register their own verifiers (rewards/reward.h); the GRPO
+  // trainer rejects unknown names, listing the registered ones.
+  v.field("name", r.name,
+          Info("Verifier name: accuracy | format | countdown | language | overlong, or one a "
+               "program registered."));
   v.field("weight", r.weight, Info("Weight of this term in the summed reward."));
 }
 
@@ -202,6 +207,11 @@ void visit_rl(R& r, V& v) {
   v.field("top_k", r.top_k, Info("Top-k sampling; 0 disables.").min(0));
   v.field("overlong_buffer", r.overlong_buffer,
           Info("DAPO soft overlong punishment length; 0 disables.").min(0));
+  v.field("overlong_filter", r.overlong_filter,
+          Info("DAPO overlong filtering: truncated completions are masked out of the loss."));
+  v.field("max_sampling_rounds", r.max_sampling_rounds,
+          Info("Dynamic sampling: generation rounds per step before training on what was kept.")
+              .min(1));
   v.field("r1_zero", r.r1_zero, Info("Use the R1-Zero prompt template (no SFT)."));
   v.list("rewards", r.rewards, Info("Reward terms, summed with their weights."),
          [](auto& term, auto& visitor) { visit_reward(term, visitor); });
@@ -253,6 +263,14 @@ void visit_pipeline(P& p, V& v) {
   v.field("sft_lr", p.sft_lr, Info("Peak learning rate of the SFT stage.").gt(0));
   v.field("sft_min_lr", p.sft_min_lr, Info("Final learning rate of the SFT stage.").min(0));
   v.field("sft_warmup_steps", p.sft_warmup_steps, Info("Warmup steps of the SFT stage.").min(0));
+  v.field("grpo_steps", p.grpo_steps,
+          Info("GRPO steps of `moetron run` after SFT (0 skips it; with sft_steps 0 it is "
+               "R1-Zero from the base model).")
+              .min(0));
+  v.field("grpo_lr", p.grpo_lr, Info("Peak learning rate of the GRPO stage.").gt(0));
+  v.field("grpo_min_lr", p.grpo_min_lr, Info("Final learning rate of the GRPO stage.").min(0));
+  v.field("grpo_warmup_steps", p.grpo_warmup_steps,
+          Info("Warmup (optimizer) steps of the GRPO stage.").min(0));
 }
 
 template <class C, class V>

@@ -141,6 +141,11 @@ void check_run(const Config& c) {
   MOETRON_CHECK_CONFIG(!c.log.run_dir.empty(), "log.run_dir must not be empty");
   MOETRON_CHECK_CONFIG(!c.ckpt.resume.empty(), "ckpt.resume must be auto, none or a path");
   MOETRON_CHECK_CONFIG(!c.data.tokenizer.empty(), "data.tokenizer must be byte or a path");
+  const auto& ops = c.data.task_ops;
+  bool distinct = !ops.empty() && ops.find_first_not_of("+-*") == std::string::npos;
+  for (size_t i = 0; distinct && i < ops.size(); ++i) distinct = ops.find(ops[i]) == i;
+  MOETRON_CHECK_CONFIG(distinct, "data.task_ops: expected distinct characters of \"+-*\" (e.g. "
+                       "\"+-\"), got \"", ops, "\"");
 }
 
 }  // namespace

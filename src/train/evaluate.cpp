@@ -19,6 +19,7 @@
 #include "moetron/rl/generate.h"
 #include "moetron/train/autocast.h"
 #include "moetron/train/batch_tensors.h"
+#include "moetron/train/rollout.h"
 
 namespace fs = std::filesystem;
 
@@ -76,21 +77,12 @@ EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& c
   if (!prompts.empty()) {
     data::ChatTemplate chat(tokenizer, chat_options(cfg));
     std::vector<std::vector<int64_t>> ids;
-    for (const auto& p : prompts) {
-      auto r = chat.render_prompt({{"user", p.prompt}});
-      ids.emplace_back(r.begin(), r.end());
-    }
-    rl::SamplingOptions sampling;
+    for (const auto& p : prompts) ids.push_back(prompt_ids(chat, p.prompt));
+    auto sampling = sampling_options(cfg, tokenizer);
     sampling.greedy = true;
-    sampling.max_new_tokens = cfg.rl.max_new_tokens;
-    if (auto eos = tokenizer.eos_id()) sampling.stop_ids = {*eos};
     auto completions = rl::generate(model, ids, sampling);
     for (size_t i = 0; i < prompts.size(); ++i) {
-      std::vector<int32_t> gen(completions[i].ids.begin(), completions[i].ids.end());
-      // The stop token (eos) is not part of the answer; other special tokens (</think>,
-      // <answer>) are, since the checker reads the text after them.
-      if (completions[i].stopped && !gen.empty()) gen.pop_back();
-      const std::string text = tokenizer.decode(gen, /*skip_special_tokens=*/false);
+      const std::string text = completion_text(tokenizer, completions[i]);
       result.correct += data::check_answer(prompts[i].task, text, prompts[i].answer) ? 1 : 0;
     }
     result.total = static_cast<int64_t>(prompts.size());
@@ -98,6 +90,16 @@ EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& c
   }
   if (was_training) model->train();
   return result;
+}
+
+nlohmann::json eval_record(int64_t step, const EvalResult& e) {
+  nlohmann::json r{{"step", step}, {"eval_loss", e.loss}, {"eval_tokens", e.loss_tokens}};
+  if (e.total > 0) {
+    r["eval_accuracy"] = e.accuracy;
+    r["eval_correct"] = e.correct;
+    r["eval_total"] = e.total;
+  }
+  return r;
 }
 
 std::string resolve_checkpoint(const std::string& path) {

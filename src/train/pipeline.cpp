@@ -1,4 +1,4 @@
-// The pretrain -> SFT pipeline over the configured stages (see pipeline.h).
+// The pretrain -> SFT -> GRPO pipeline over the configured stages (see pipeline.h).
 #include "moetron/train/pipeline.h"
 
 #include <cstdio>
@@ -56,16 +56,38 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
     log::info("=== stage sft: ", c.train.steps, " steps", previous.empty() ? "" : " from ",
               previous);
     out.push_back({"sft", train(c)});
+    previous = out.back().result.run_dir;
+  }
+  if (cfg.pipeline.grpo_steps > 0) {
+    // GRPO after SFT (R1), or straight from the pretrained model with the R1-Zero template
+    // (R1-Zero) when SFT is skipped.
+    config::Config c = base;
+    c.train.stage = config::Stage::kGrpo;
+    c.train.steps = cfg.pipeline.grpo_steps;
+    c.optim.lr = cfg.pipeline.grpo_lr;
+    c.optim.min_lr = cfg.pipeline.grpo_min_lr;
+    c.optim.warmup_steps = cfg.pipeline.grpo_warmup_steps;
+    if (cfg.pipeline.sft_steps == 0 && !c.rl.r1_zero) {
+      log::warn(
+          "GRPO without SFT uses the R1 chat template; set rl.r1_zero: true for the "
+          "R1-Zero template a base model can follow");
+    }
+    c.log.name = "grpo";
+    if (!previous.empty()) c.train.init_from = previous;
+    if (builtin) c.data.train_path = data_dir + "/rl.jsonl";
+    log::info("=== stage grpo: ", c.train.steps, " steps", c.rl.r1_zero ? " (R1-Zero)" : "",
+              previous.empty() ? "" : " from ", previous);
+    out.push_back({"grpo", train(c)});
   }
   MOETRON_CHECK_CONFIG(!out.empty(),
-                       "pipeline.pretrain_steps and pipeline.sft_steps are both 0: "
+                       "pipeline.pretrain_steps, sft_steps and grpo_steps are all 0: "
                        "nothing to run");
   return out;
 }
 
 std::string format_stage_table(const std::vector<StageResult>& stages) {
   std::string text =
-      "stage      steps   train loss   eval loss   held-out accuracy   tokens/s   wall\n";
+      "stage      steps   loss/reward   eval loss   held-out accuracy   tokens/s   wall\n";
   for (const auto& s : stages) {
     const auto& r = s.result;
     char acc[48] = "-";
@@ -74,7 +96,7 @@ std::string format_stage_table(const std::vector<StageResult>& stages) {
                     static_cast<long>(r.eval.correct), static_cast<long>(r.eval.total));
     }
     char line[256];
-    std::snprintf(line, sizeof(line), "%-9s %6ld   %10.4f   %9.4f   %-18s  %8.0f   %6.1fs\n",
+    std::snprintf(line, sizeof(line), "%-9s %6ld   %11.4f   %9.4f   %-18s  %8.0f   %6.1fs\n",
                   s.stage.c_str(), static_cast<long>(r.steps), r.last_loss, r.eval.loss, acc,
                   r.tokens_per_s, r.seconds);
     text += line;

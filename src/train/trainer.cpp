@@ -2,11 +2,9 @@
 // aux-loss-free bias update (SPEC 2.3); metrics, eval and checkpoints at step boundaries.
 #include "moetron/train/trainer.h"
 
-#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <cmath>
-#include <filesystem>
 #include <optional>
 
 #include "moetron/ckpt/train_checkpoint.h"
@@ -25,27 +23,10 @@
 #include "moetron/train/autocast.h"
 #include "moetron/train/batch_tensors.h"
 #include "moetron/train/metrics.h"
-
-namespace fs = std::filesystem;
+#include "session.h"
 
 namespace moetron::train {
 namespace {
-
-torch::Device resolve_device(const std::string& name) {
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda") {
-    MOETRON_CHECK_CONFIG(torch::cuda::is_available(),
-                         "train.device is 'cuda' but no CUDA device is visible; use auto or cpu");
-    return torch::kCUDA;
-  }
-  return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-}
-
-// Removes the run's log-file sink when the trainer returns or throws.
-struct LogFileGuard {
-  explicit LogFileGuard(const std::string& path) { log::add_file(path); }
-  ~LogFileGuard() { log::remove_files(); }
-};
 
 // Rho-1 SLM (SPEC 6): keep the `ratio` fraction of the micro-batch's target tokens with the
 // largest excess loss (current - reference); the others get no label. Returns the kept count.
@@ -67,71 +48,26 @@ int64_t select_tokens(model::DeepseekV3ForCausalLM& model, model::DeepseekV3ForC
   return keep;
 }
 
-nlohmann::json eval_record(int64_t step, const EvalResult& e) {
-  nlohmann::json r{{"step", step}, {"eval_loss", e.loss}, {"eval_tokens", e.loss_tokens}};
-  if (e.total > 0) {
-    r["eval_accuracy"] = e.accuracy;
-    r["eval_correct"] = e.correct;
-    r["eval_total"] = e.total;
-  }
-  return r;
-}
-
 }  // namespace
 
 TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
-  config::Config cfg = cfg_in;
-  if (!options.resume.empty()) cfg.ckpt.resume = options.resume;
-  MOETRON_CHECK_CONFIG(cfg.train.stage != config::Stage::kGrpo,
-                       "train.stage: grpo is not available yet; use pretrain or sft");
-  config::validate(cfg);
-  model::validate_model_config(cfg);
-  log::set_level(log::parse_level(cfg.log.level));
-  const std::string yaml = config::dump(cfg);
-  const torch::Device device = resolve_device(cfg.train.device);
+  if (cfg_in.train.stage == config::Stage::kGrpo) return train_grpo(cfg_in, options);
   Stopwatch wall;
-
-  // Resume decision first: it decides whether a run directory with another config is ok.
-  const std::string checkpoints =
-      (fs::path(cfg.log.run_dir) / cfg.log.name / "checkpoints").string();
-  std::optional<std::string> resume_from;
-  if (cfg.ckpt.resume == "auto") {
-    resume_from = ckpt::find_resume_checkpoint(checkpoints);
-  } else if (cfg.ckpt.resume != "none") {
-    resume_from = resolve_checkpoint(cfg.ckpt.resume);
-  }
-  RunDir run = open_run_dir(cfg.log.run_dir, cfg.log.name, yaml, resume_from.has_value());
-  LogFileGuard log_file(run.log_path);
-  log::info("run ", run.root, " | stage ",
-            cfg.train.stage == config::Stage::kSft ? "sft" : "pretrain", " | device ",
-            device.str());
-
-  auto tokenizer = data::load_tokenizer(cfg.data.tokenizer);
-  MOETRON_CHECK_CONFIG(tokenizer->vocab_size() <= cfg.model.vocab_size, "data.tokenizer '",
-                       cfg.data.tokenizer, "' has ", tokenizer->vocab_size(),
-                       " tokens but model.vocab_size is ", cfg.model.vocab_size);
-
-  torch::manual_seed(cfg.train.seed);
-  model::DeepseekV3ForCausalLM model(cfg);
-  model->to(device);
-  if (!cfg.train.init_from.empty() && !resume_from) load_model_weights(cfg.train.init_from, model);
-  model->train();
-  auto optimizer = optim::make_adamw(*model, cfg.optim);
-  std::vector<torch::Tensor> params;
-  for (auto& p : model->parameters()) {
-    if (p.requires_grad()) params.push_back(p);
-  }
+  Session session = open_session(cfg_in, options);
+  const config::Config& cfg = session.cfg;
+  const std::string& yaml = session.yaml;
+  const torch::Device device = session.device;
+  const RunDir& run = session.run;
+  const auto& resume_from = session.resume_from;
+  auto& tokenizer = session.tokenizer;
+  auto& model = session.model;
+  auto& optimizer = session.optimizer;
+  const auto& params = session.params;
 
   // SLM reference model (frozen).
   model::DeepseekV3ForCausalLM reference{nullptr};
   const bool slm = cfg.train.stage == config::Stage::kSft && cfg.sft.slm.ratio < 1.0;
-  if (slm) {
-    reference = model::DeepseekV3ForCausalLM(cfg);
-    reference->to(device);
-    load_model_weights(cfg.sft.slm.reference, reference);
-    reference->eval();
-    for (auto& p : reference->parameters()) p.requires_grad_(false);
-  }
+  if (slm) reference = frozen_model(cfg, cfg.sft.slm.reference, device);
 
   data::BatchLoader loader(cfg.data, cfg.train.stage, *tokenizer, cfg.train.micro_batch_size,
                            cfg.data.seq_len, cfg.data.shuffle_seed, data::Split::kTrain,

@@ -83,7 +83,7 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
 inline std::vector<nlohmann::json> step_records(const std::string& metrics_path) {
   std::vector<nlohmann::json> out;
   for (auto& r : read_jsonl(metrics_path)) {
-    if (r.contains("loss")) out.push_back(r);
+    if (r.contains("loss") || r.contains("reward_mean")) out.push_back(r);
   }
   return out;
 }
@@ -97,7 +97,10 @@ inline std::vector<nlohmann::json> eval_records(const std::string& metrics_path)
 
 // A record without its wall-clock fields, for bit-exact comparison between runs.
 inline nlohmann::json without_timing(nlohmann::json r) {
-  for (const char* k : {"tokens_per_s", "step_time_s", "mfu"}) r.erase(k);
+  for (const char* k : {"tokens_per_s", "step_time_s", "mfu", "gen_tokens_per_s", "time_generate_s",
+                        "time_reward_s", "time_train_s", "memory_generate_mb", "memory_train_mb"}) {
+    r.erase(k);
+  }
   return r;
 }
 

@@ -92,6 +92,7 @@ struct DataConfig {
   int64_t shuffle_seed = 1234;
   // Built-in task generator (data.task): difficulty and sizes.
   int64_t task_max_digits = 3;   // arithmetic: operands have 1..n digits
+  std::string task_ops = "+-*";  // arithmetic: the operators drawn from
   int64_t task_max_numbers = 4;  // countdown: 3..n given numbers
   int64_t task_size = 2000;      // pretraining documents, SFT samples and RL prompts each
   int64_t task_eval_size = 200;  // held-out problems
@@ -164,6 +165,8 @@ struct RlConfig {
   double top_p = 1.0;
   int64_t top_k = 0;
   int64_t overlong_buffer = 0;  // DAPO L_cache; 0 disables shaping
+  bool overlong_filter = false;  // DAPO overlong filtering: truncated completions get no loss
+  int64_t max_sampling_rounds = 4;  // dynamic sampling: generation rounds per step at most
   bool r1_zero = false;
   std::vector<RewardTerm> rewards = {{"accuracy", 1.0}, {"format", 0.1}};
 };
@@ -203,6 +206,10 @@ struct PipelineConfig {
   double sft_lr = 3e-4;
   double sft_min_lr = 3e-5;
   int64_t sft_warmup_steps = 10;
+  int64_t grpo_steps = 0;  // 0 skips GRPO
+  double grpo_lr = 1e-5;
+  double grpo_min_lr = 1e-5;
+  int64_t grpo_warmup_steps = 0;
 };
 
 struct Config {

@@ -2,6 +2,8 @@
 // (the built-in task's eval set, or data.eval_path), checked with the task's answer checker.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -35,6 +37,10 @@ std::vector<EvalPrompt> load_eval_prompts(const config::Config& cfg, int64_t n);
 // rl.max_new_tokens new tokens). Restores the model's training mode.
 EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& cfg,
                     const data::Tokenizer& tokenizer);
+
+// The metrics-file record of an evaluation: {"step", "eval_loss", "eval_tokens"} and, when
+// answers were checked, "eval_accuracy", "eval_correct", "eval_total".
+nlohmann::json eval_record(int64_t step, const EvalResult& e);
 
 // Loads weights into `model` from an HF directory (config.json), a training checkpoint
 // directory (manifest.json, verified first), or a run / checkpoints directory (its newest valid

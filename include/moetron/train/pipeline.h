@@ -1,5 +1,5 @@
 // `moetron run`: the DeepSeek-R1 recipe in one command on the built-in task (or the configured
-// data): make the task data, pretrain, cold-start SFT, evaluate after each stage. Every stage is
+// data): make the task data, pretrain, cold-start SFT, GRPO, evaluate after each stage. Every stage is
 // a normal training run under runs/<log.name>/<stage>, so rerunning resumes where it stopped.
 #pragma once
 
@@ -12,7 +12,7 @@
 namespace moetron::train {
 
 struct StageResult {
-  std::string stage;  // pretrain | sft
+  std::string stage;  // pretrain | sft | grpo
   TrainResult result;
 };
 

@@ -19,7 +19,7 @@ struct TrainOptions {
 
 struct TrainResult {
   int64_t steps = 0;        // optimizer steps done in total (including before a resume)
-  double last_loss = 0;     // loss of the last step
+  double last_loss = 0;     // loss of the last step (GRPO: its mean reward)
   EvalResult eval;          // the final evaluation
   std::string run_dir;      // runs/<name>
   std::string checkpoint;   // the last checkpoint written
@@ -27,7 +27,7 @@ struct TrainResult {
   double tokens_per_s = 0;  // training tokens per second of this invocation
 };
 
-// Runs cfg.train.stage (pretrain | sft) in runs/<log.name>. Throws moetron::Error: config
+// Runs cfg.train.stage (pretrain | sft | grpo) in runs/<log.name>. Throws moetron::Error: config
 // problems (kConfig), an interrupt after saving a checkpoint (kInterrupted), too many
 // consecutive non-finite steps (kRuntime, naming the step).
 TrainResult train(const config::Config& cfg, const TrainOptions& options = {});

@@ -1,0 +1,544 @@
+// The GRPO stage (SPEC 5.6): each step samples G completions for each of rl.prompts_per_step
+// prompts, scores them with the configured verifiers, turns rewards into group-relative
+// advantages, and runs rl.ppo_epochs passes of clipped-ratio updates over the rollouts in
+// mini-batches (one optimizer step each) of micro-batches (gradient accumulation).
+//
+// Batch hierarchy: prompts_per_step x num_generations completions per step
+//   -> mini_batch_size completions per optimizer update
+//   -> micro_batch_size completions per forward/backward.
+// config::validate checks that each level divides the one above it.
+#include <torch/torch.h>
+
+#include <unistd.h>
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+#include <random>
+
+#include "moetron/ckpt/train_checkpoint.h"
+#include "moetron/config/loader.h"
+#include "moetron/core/error.h"
+#include "moetron/core/logging.h"
+#include "moetron/core/signals.h"
+#include "moetron/core/timer.h"
+#include "moetron/data/chat_template.h"
+#include "moetron/data/dataset.h"
+#include "moetron/data/tasks.h"
+#include "moetron/optim/optimizer.h"
+#include "moetron/optim/schedule.h"
+#include "moetron/rewards/reward.h"
+#include "moetron/rl/generate.h"
+#include "moetron/rl/grpo.h"
+#include "moetron/train/autocast.h"
+#include "moetron/train/batch_tensors.h"
+#include "moetron/train/metrics.h"
+#include "moetron/train/rollout.h"
+#include "session.h"
+
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define MOETRON_CUDA_MEMORY_STATS 1
+#endif
+
+namespace moetron::train {
+namespace {
+
+// The RL prompts: data.train_path (JSONL {"prompt","answer","task"}) or the built-in task's.
+std::vector<data::RlPrompt> load_rl_prompts(const config::Config& cfg) {
+  if (!cfg.data.train_path.empty()) {
+    auto prompts = data::read_rl_prompts(cfg.data.train_path, cfg.data.skip_bad_lines);
+    for (auto& p : prompts) {
+      if (p.task.empty()) p.task = cfg.data.task;
+    }
+    return prompts;
+  }
+  auto task = data::generate_task_data(
+      cfg.data.task, data::task_options(cfg.data, static_cast<uint64_t>(cfg.data.shuffle_seed),
+                                        cfg.sft.think_open, cfg.sft.think_close));
+  std::vector<data::RlPrompt> prompts;
+  for (size_t i = 0; i < task.rl.size(); ++i) {
+    prompts.push_back(
+        data::parse_rl_record(task.rl[i], str_cat("<built-in ", cfg.data.task, " rl>:", i + 1)));
+  }
+  return prompts;
+}
+
+// Prompts in a seeded order, reshuffled every epoch; {epoch, cursor} is the resumable state.
+class PromptStream {
+ public:
+  PromptStream(int64_t n, uint64_t seed) : n_(n), seed_(seed) { shuffle(); }
+  int64_t next() {
+    if (cursor_ == n_) {
+      ++epoch_;
+      cursor_ = 0;
+      shuffle();
+    }
+    return order_[cursor_++];
+  }
+  nlohmann::json state() const { return {{"epoch", epoch_}, {"cursor", cursor_}}; }
+  void restore(const nlohmann::json& s) {
+    epoch_ = s.at("epoch").get<int64_t>();
+    shuffle();
+    cursor_ = std::clamp<int64_t>(s.at("cursor").get<int64_t>(), 0, n_);
+  }
+
+ private:
+  void shuffle() {
+    order_.resize(n_);
+    std::iota(order_.begin(), order_.end(), 0);
+    std::mt19937_64 rng(seed_ * 1000003 + static_cast<uint64_t>(epoch_));
+    std::shuffle(order_.begin(), order_.end(), rng);
+  }
+  int64_t n_;
+  uint64_t seed_;
+  int64_t epoch_ = 0, cursor_ = 0;
+  std::vector<int64_t> order_;
+};
+
+// One completion of the rollout batch.
+struct Sample {
+  std::vector<int64_t> ids;  // prompt + completion
+  int64_t prompt_len = 0;
+  rl::Completion completion;
+  rewards::Score score;
+  bool truncated = false;
+  double advantage = 0;
+  bool in_loss = true;               // false: masked out (overlong filtering)
+  torch::Tensor old_logp, ref_logp;  // fp32 [completion length], on the device
+  int64_t completion_len() const { return static_cast<int64_t>(completion.ids.size()); }
+};
+
+// One micro-batch as tensors: right-padded ids and, over the shifted positions [B, L-1], the
+// completion mask and the stored old / reference log-probs.
+struct MicroBatch {
+  torch::Tensor ids_BL, mask_BT, old_BT, ref_BT, adv_B;
+};
+
+MicroBatch make_micro_batch(const std::vector<Sample>& samples, const std::vector<int64_t>& rows,
+                            const torch::Device& device, bool with_old, bool with_ref) {
+  const int64_t B = static_cast<int64_t>(rows.size());
+  int64_t L = 0;
+  for (int64_t r : rows) L = std::max<int64_t>(L, static_cast<int64_t>(samples[r].ids.size()));
+  auto ids = torch::zeros({B, L}, torch::kLong);
+  auto mask = torch::zeros({B, L - 1}, torch::kFloat32);
+  auto adv = torch::zeros({B}, torch::kFloat32);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& s = samples[rows[b]];
+    ids[b]
+        .narrow(0, 0, static_cast<int64_t>(s.ids.size()))
+        .copy_(torch::tensor(s.ids, torch::kLong));
+    // Completion token k sits at position prompt_len + k; its log-prob at index that - 1.
+    if (s.in_loss) mask[b].narrow(0, s.prompt_len - 1, s.completion_len()).fill_(1.0f);
+    adv[b] = s.advantage;
+  }
+  MicroBatch m;
+  m.ids_BL = ids.to(device);
+  m.mask_BT = mask.to(device);
+  m.adv_B = adv.to(device);
+  auto place = [&](torch::Tensor Sample::*field) {
+    auto out = torch::zeros({B, L - 1}, torch::TensorOptions().device(device));
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& s = samples[rows[b]];
+      out[b].narrow(0, s.prompt_len - 1, s.completion_len()).copy_(s.*field);
+    }
+    return out;
+  };
+  if (with_old) m.old_BT = place(&Sample::old_logp);
+  if (with_ref) m.ref_BT = place(&Sample::ref_logp);
+  return m;
+}
+
+// Per-token log-probs of the completions (no gradient), stored into each sample's `field`.
+void store_logprobs(model::DeepseekV3ForCausalLM& model, std::vector<Sample>& samples,
+                    int64_t micro, const config::Config& cfg, const torch::Device& device,
+                    torch::Tensor Sample::*field) {
+  torch::NoGradGuard no_grad;
+  for (int64_t s = 0; s < static_cast<int64_t>(samples.size()); s += micro) {
+    std::vector<int64_t> rows;
+    for (int64_t r = s; r < std::min<int64_t>(s + micro, samples.size()); ++r) rows.push_back(r);
+    auto mb = make_micro_batch(samples, rows, device, false, false);
+    torch::Tensor lp;
+    {
+      AutocastGuard autocast(device, cfg.train.dtype);
+      lp = model->token_logprobs(mb.ids_BL);
+    }
+    for (size_t b = 0; b < rows.size(); ++b) {
+      auto& smp = samples[rows[b]];
+      smp.*field =
+          lp[static_cast<int64_t>(b)].narrow(0, smp.prompt_len - 1, smp.completion_len()).clone();
+    }
+  }
+}
+
+// Resident memory of this process in MiB (CPU), or the CUDA allocator's peak since the last
+// reset (CUDA); -1 when unknown.
+class PhaseMemory {
+ public:
+  explicit PhaseMemory(const torch::Device& device) : device_(device) {}
+  void begin() {
+#ifdef MOETRON_CUDA_MEMORY_STATS
+    if (device_.is_cuda())
+      c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index() < 0 ? 0 : device_.index());
+#endif
+  }
+  double end_mb() const {
+#ifdef MOETRON_CUDA_MEMORY_STATS
+    if (device_.is_cuda()) {
+      auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+          device_.index() < 0 ? 0 : device_.index());
+      const auto& peak =
+          stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+      return static_cast<double>(peak.peak) / (1 << 20);
+    }
+#endif
+    std::ifstream statm("/proc/self/statm");
+    long pages = 0, resident = 0;
+    if (!(statm >> pages >> resident)) return -1;
+    return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 20);
+  }
+
+ private:
+  torch::Device device_;
+};
+
+double mean_of(const std::vector<double>& v) {
+  return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
+
+}  // namespace
+
+TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options) {
+  Stopwatch wall;
+  // Everything the config alone decides is checked before the run directory is touched.
+  const auto& rl_cfg = cfg_in.rl;
+  const auto adv_std = rl::parse_advantage_std(rl_cfg.advantage_std);
+  rl::PolicyLossOptions loss_opts;
+  loss_opts.epsilon_low = rl_cfg.epsilon_low;
+  loss_opts.epsilon_high = rl_cfg.epsilon_high;
+  loss_opts.beta = rl_cfg.beta;
+  loss_opts.aggregation = rl::parse_loss_aggregation(rl_cfg.loss_agg);
+  const rewards::RewardFunction reward_fn(rl_cfg.rewards, rewards::context_from_config(cfg_in));
+  const auto reward_names = reward_fn.names();
+  const auto acc_it = std::find(reward_names.begin(), reward_names.end(), "accuracy");
+  const int64_t acc_index =
+      acc_it == reward_names.end() ? -1 : static_cast<int64_t>(acc_it - reward_names.begin());
+  MOETRON_CHECK_CONFIG(rl_cfg.beta == 0 || !cfg_in.train.init_from.empty(),
+                       "rl.beta > 0 needs a reference policy: set train.init_from to the "
+                       "checkpoint GRPO starts from (or rl.beta: 0)");
+  config::validate(cfg_in);
+
+  Session session = open_session(cfg_in, options);
+  const config::Config& cfg = session.cfg;
+  const torch::Device device = session.device;
+  auto& model = session.model;
+  auto& optimizer = session.optimizer;
+  auto& tokenizer = *session.tokenizer;
+
+  model::DeepseekV3ForCausalLM reference{nullptr};
+  if (rl_cfg.beta > 0) reference = frozen_model(cfg, cfg.train.init_from, device);
+
+  const auto prompts = load_rl_prompts(cfg);
+  MOETRON_CHECK_CONFIG(!prompts.empty(), "no RL prompts (data.train_path '", cfg.data.train_path,
+                       "')");
+  PromptStream stream(static_cast<int64_t>(prompts.size()),
+                      static_cast<uint64_t>(cfg.data.shuffle_seed));
+  data::ChatTemplate chat(tokenizer, chat_options(cfg));
+  auto sampling = sampling_options(cfg, tokenizer);
+
+  const int64_t G = rl_cfg.num_generations;
+  const int64_t P = rl_cfg.prompts_per_step;
+  const int64_t updates_per_step =
+      rl_cfg.ppo_epochs * std::max<int64_t>(1, P * G / rl_cfg.mini_batch_size);
+  const int64_t total_updates = cfg.train.steps * updates_per_step;
+
+  int64_t step = 0, updates = 0;
+  if (session.resume_from) {
+    auto state = ckpt::load_train_checkpoint(*session.resume_from, *model, *optimizer);
+    step = state.step;
+    stream.restore(nlohmann::json::parse(state.loader_state));
+    updates = state.extra.value("optimizer_steps", int64_t{0});
+    log::info("resumed from ", *session.resume_from, " at step ", step);
+  }
+  MetricsLog metrics(session.run.metrics_path, step);
+  TrainResult result;
+  result.run_dir = session.run.root;
+  if (session.resume_from) result.checkpoint = *session.resume_from;
+  auto save = [&](int64_t at_step) {
+    ckpt::TrainState state;
+    state.step = at_step;
+    state.loader_state = stream.state().dump();
+    state.extra = {{"optimizer_steps", updates}, {"last_reward", result.last_loss}};
+    state.config_yaml = session.yaml;
+    result.checkpoint = ckpt::save_train_checkpoint(session.run.checkpoints, *model, *optimizer,
+                                                    state, cfg.ckpt.keep_last);
+    log::info("saved ", result.checkpoint);
+  };
+
+  PhaseMemory memory(device);
+  const int64_t start_step = step;
+  int64_t gen_tokens_run = 0;
+  double gen_seconds_run = 0;
+  Stopwatch run_clock;
+  while (step < cfg.train.steps) {
+    if (signals::interrupt_requested()) {
+      save(step);
+      throw Error(
+          ErrorKind::kInterrupted,
+          str_cat("interrupted by signal ", signals::interrupt_signal(), " at step ", step,
+                  "; checkpoint ", result.checkpoint, " (rerun the same command to resume)"));
+    }
+    Stopwatch step_clock;
+    // ---- rollouts: sample, score, keep groups (dynamic sampling drops equal-reward groups)
+    memory.begin();
+    std::vector<Sample> samples;  // kept groups, G consecutive samples each
+    std::vector<double> all_rewards, all_lengths, entropy_sum;
+    std::vector<std::vector<double>> all_components(reward_names.size());
+    double entropy_tokens = 0, truncated = 0, pass1 = 0, passG = 0;
+    int64_t groups_sampled = 0, gen_tokens = 0, rounds = 0;
+    double gen_s = 0, reward_s = 0;
+    while (static_cast<int64_t>(samples.size()) < P * G && rounds < rl_cfg.max_sampling_rounds) {
+      const int64_t need = P - static_cast<int64_t>(samples.size()) / G;
+      std::vector<int64_t> picked;
+      std::vector<std::vector<int64_t>> batch;
+      for (int64_t i = 0; i < need; ++i) {
+        picked.push_back(stream.next());
+        auto ids = prompt_ids(chat, prompts[picked.back()].prompt);
+        for (int64_t g = 0; g < G; ++g) batch.push_back(ids);
+      }
+      // Seeded per (seed, step, round): a resumed run samples what the uninterrupted one did.
+      sampling.seed = static_cast<uint64_t>(cfg.train.seed) * 1000003u +
+                      static_cast<uint64_t>(step) * 64u + static_cast<uint64_t>(rounds);
+      ++rounds;
+      Stopwatch gen_clock;
+      auto completions = rl::generate(model, batch, sampling);
+      gen_s += gen_clock.seconds();
+      Stopwatch reward_clock;
+      for (int64_t gi = 0; gi < need; ++gi) {
+        const auto& prompt = prompts[picked[gi]];
+        std::vector<Sample> group(G);
+        std::vector<double> group_rewards;
+        int64_t correct = 0;
+        for (int64_t g = 0; g < G; ++g) {
+          auto& s = group[g];
+          s.completion = std::move(completions[gi * G + g]);
+          s.prompt_len = static_cast<int64_t>(batch[gi * G].size());
+          s.ids = batch[gi * G];
+          s.ids.insert(s.ids.end(), s.completion.ids.begin(), s.completion.ids.end());
+          s.truncated = !s.completion.stopped;
+          rewards::Sample rs;
+          rs.completion = completion_text(tokenizer, s.completion);
+          rs.answer = prompt.answer;
+          rs.task = prompt.task;
+          rs.prompt = prompt.prompt;
+          rs.num_tokens = s.completion_len();
+          rs.truncated = s.truncated;
+          s.score = reward_fn.score(rs);
+          s.in_loss = !(rl_cfg.overlong_filter && s.truncated);
+          group_rewards.push_back(s.score.total);
+          all_rewards.push_back(s.score.total);
+          for (size_t c = 0; c < reward_names.size(); ++c) {
+            all_components[c].push_back(s.score.components[c].second);
+          }
+          if (acc_index >= 0 && s.score.components[acc_index].second > 0.5) ++correct;
+          all_lengths.push_back(static_cast<double>(s.completion_len()));
+          truncated += s.truncated ? 1 : 0;
+          gen_tokens += s.completion_len();
+          for (float e : s.completion.entropies) entropy_tokens += e;
+        }
+        ++groups_sampled;
+        pass1 += rl::pass_at_k(G, correct, 1);
+        passG += rl::pass_at_k(G, correct, G);
+        const bool flat = std::all_of(group_rewards.begin(), group_rewards.end(),
+                                      [&](double r) { return r == group_rewards[0]; });
+        if (rl_cfg.dynamic_sampling && flat) continue;
+        auto adv = rl::group_advantages(group_rewards, G, adv_std, rl_cfg.advantage_eps);
+        for (int64_t g = 0; g < G; ++g) {
+          group[g].advantage = adv[g];
+          samples.push_back(std::move(group[g]));
+        }
+      }
+      reward_s += reward_clock.seconds();
+      if (!rl_cfg.dynamic_sampling) break;
+    }
+    const double gen_mb = memory.end_mb();
+    gen_tokens_run += gen_tokens;
+    gen_seconds_run += gen_s;
+    const int64_t n_samples = static_cast<int64_t>(samples.size());
+    if (rl_cfg.dynamic_sampling && n_samples < P * G) {
+      log::warn("step ", step + 1, ": dynamic sampling kept ", n_samples / G, " of ", P,
+                " groups after ", rounds, " rounds (rl.max_sampling_rounds); training on those");
+    }
+
+    // ---- updates
+    memory.begin();
+    Stopwatch train_clock;
+    const int64_t micro = rl_cfg.micro_batch_size;
+    const int64_t mini = std::min<int64_t>(rl_cfg.mini_batch_size, std::max<int64_t>(n_samples, 1));
+    const int64_t n_minis = n_samples == 0 ? 0 : (n_samples + mini - 1) / mini;
+    // With one update per rollout batch the policy still equals the sampler when the loss is
+    // evaluated, so the old log-probs are that forward's own (detached) values; otherwise they
+    // are computed once up front, before any update moves the policy.
+    const bool stored_old = rl_cfg.ppo_epochs > 1 || n_minis > 1;
+    if (stored_old) store_logprobs(model, samples, micro, cfg, device, &Sample::old_logp);
+    if (rl_cfg.beta > 0) store_logprobs(reference, samples, micro, cfg, device, &Sample::ref_logp);
+    double logp_diff_max = 0;
+    auto note_diff = [&](const Sample& s, const torch::Tensor& trainer_lp) {
+      if (s.completion_len() == 0) return;
+      auto sampler = torch::tensor(s.completion.logprobs, torch::kFloat32);
+      const double d = (sampler - trainer_lp.detach().cpu()).abs().max().item<double>();
+      logp_diff_max = std::max(logp_diff_max, d);
+    };
+    if (stored_old) {
+      for (const auto& s : samples) note_diff(s, s.old_logp);
+    }
+    auto stats = torch::zeros({rl::kNumStats}, torch::kDouble);
+    double ratio_max = 0, grad_norm = 0, lr = 0;
+    int64_t skipped_updates = 0;
+    std::mt19937_64 order_rng(static_cast<uint64_t>(cfg.train.seed) +
+                              7919u * static_cast<uint64_t>(step));
+    for (int64_t epoch = 0; epoch < rl_cfg.ppo_epochs && n_samples > 0; ++epoch) {
+      std::vector<int64_t> order(n_samples);
+      std::iota(order.begin(), order.end(), 0);
+      if (n_minis > 1 || rl_cfg.ppo_epochs > 1) std::shuffle(order.begin(), order.end(), order_rng);
+      for (int64_t m0 = 0; m0 < n_samples; m0 += mini) {
+        std::vector<int64_t> rows(order.begin() + m0,
+                                  order.begin() + std::min<int64_t>(m0 + mini, n_samples));
+        // Aggregation denominators over the whole mini-batch.
+        rl::LossNormalizer norm;
+        norm.max_length = rl_cfg.max_new_tokens;
+        for (int64_t r : rows) {
+          if (!samples[r].in_loss || samples[r].completion_len() == 0) continue;
+          ++norm.num_sequences;
+          norm.num_tokens += samples[r].completion_len();
+        }
+        lr = optim::lr_at(cfg.optim, updates, total_updates);
+        optim::set_lr(*optimizer, lr);
+        optimizer->zero_grad();
+        for (size_t u0 = 0; u0 < rows.size(); u0 += static_cast<size_t>(micro)) {
+          std::vector<int64_t> mrows(
+              rows.begin() + static_cast<int64_t>(u0),
+              rows.begin() +
+                  static_cast<int64_t>(std::min(rows.size(), u0 + static_cast<size_t>(micro))));
+          auto mb = make_micro_batch(samples, mrows, device, stored_old, rl_cfg.beta > 0);
+          torch::Tensor logp;
+          {
+            AutocastGuard autocast(device, cfg.train.dtype);
+            logp = model->token_logprobs(mb.ids_BL);
+          }
+          if (!stored_old) {
+            mb.old_BT = logp.detach();
+            for (size_t b = 0; b < mrows.size(); ++b) {
+              const auto& s = samples[mrows[b]];
+              note_diff(
+                  s, logp[static_cast<int64_t>(b)].narrow(0, s.prompt_len - 1, s.completion_len()));
+            }
+          }
+          auto out =
+              rl::policy_loss(logp, mb.old_BT, mb.ref_BT, mb.adv_B, mb.mask_BT, loss_opts, norm);
+          out.loss.backward();
+          auto st = out.stats.cpu();
+          ratio_max = std::max(ratio_max, st[rl::kStatRatioMax].item<double>());
+          stats += st;
+        }
+        const auto clip = optim::clip_grad_norm(session.params, cfg.optim.grad_clip);
+        grad_norm = clip.total_norm;
+        if (clip.finite) {
+          optimizer->step();
+        } else {
+          optimizer->zero_grad();
+          ++skipped_updates;
+          log::warn("step ", step + 1, ": non-finite gradient; update skipped");
+        }
+        ++updates;
+      }
+    }
+    const double train_s = train_clock.seconds();
+    const double train_mb = memory.end_mb();
+    ++step;
+
+    // ---- metrics
+    std::vector<double> advs;
+    for (const auto& s : samples) advs.push_back(s.advantage);
+    double adv_sd = 0;
+    const double adv_mean = mean_of(advs);
+    for (double a : advs) adv_sd += (a - adv_mean) * (a - adv_mean);
+    adv_sd = advs.size() > 1 ? std::sqrt(adv_sd / static_cast<double>(advs.size() - 1)) : 0;
+    const double tokens = std::max(1.0, stats[rl::kStatTokens].item<double>());
+    const double reward_mean = mean_of(all_rewards);
+    result.last_loss = reward_mean;
+    nlohmann::json rec{
+        {"step", step},
+        {"reward_mean", reward_mean},
+        {"response_length_mean", mean_of(all_lengths)},
+        {"response_length_max",
+         all_lengths.empty() ? 0.0 : *std::max_element(all_lengths.begin(), all_lengths.end())},
+        {"truncation_ratio", all_lengths.empty() ? 0.0 : truncated / all_lengths.size()},
+        {"entropy", gen_tokens > 0 ? entropy_tokens / static_cast<double>(gen_tokens) : 0.0},
+        {"groups_sampled", groups_sampled},
+        {"groups_kept", n_samples / G},
+        {"sampling_rounds", rounds},
+        {"advantage_mean", adv_mean},
+        {"advantage_std", adv_sd},
+        {"advantage_min", advs.empty() ? 0.0 : *std::min_element(advs.begin(), advs.end())},
+        {"advantage_max", advs.empty() ? 0.0 : *std::max_element(advs.begin(), advs.end())},
+        {"clip_frac_low", stats[rl::kStatClipLow].item<double>() / tokens},
+        {"clip_frac_high", stats[rl::kStatClipHigh].item<double>() / tokens},
+        {"ratio_mean", stats[rl::kStatRatioSum].item<double>() / tokens},
+        {"ratio_max", ratio_max},
+        {"logp_diff_max", logp_diff_max},
+        {"grad_norm", grad_norm},
+        {"lr", lr},
+        {"optimizer_steps", updates},
+        {"skipped_updates", skipped_updates},
+        {"gen_tokens", gen_tokens},
+        {"gen_tokens_per_s", gen_s > 0 ? static_cast<double>(gen_tokens) / gen_s : 0.0},
+        {"time_generate_s", gen_s},
+        {"time_reward_s", reward_s},
+        {"time_train_s", train_s},
+        {"step_time_s", step_clock.seconds()},
+        {"memory_generate_mb", gen_mb},
+        {"memory_train_mb", train_mb}};
+    if (rl_cfg.beta > 0) rec["kl"] = stats[rl::kStatKl].item<double>() / tokens;
+    for (size_t c = 0; c < reward_names.size(); ++c) {
+      rec["reward/" + reward_names[c]] = mean_of(all_components[c]);
+    }
+    if (acc_index >= 0) {
+      rec["accuracy"] = mean_of(all_components[acc_index]);
+      rec["pass@1"] = groups_sampled ? pass1 / groups_sampled : 0.0;
+      rec[str_cat("pass@", G)] = groups_sampled ? passG / groups_sampled : 0.0;
+    }
+    metrics.write(rec);
+    if (step == start_step + 1 || step % cfg.log.every == 0 || step == cfg.train.steps) {
+      const double elapsed = run_clock.seconds();
+      log::info(
+          "step ", step, "/", cfg.train.steps, " | reward ", reward_mean,
+          acc_index >= 0 ? str_cat(" | acc ", rec["accuracy"].get<double>()) : "", " | len ",
+          rec["response_length_mean"].get<double>(), " | gen ",
+          static_cast<int64_t>(rec["gen_tokens_per_s"].get<double>()), " tok/s | gen ", gen_s,
+          "s train ", train_s, "s | eta ",
+          format_duration(elapsed / double(step - start_step) * double(cfg.train.steps - step)));
+    }
+    const bool last = step == cfg.train.steps;
+    if ((cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0) || last) {
+      result.eval = evaluate(model, cfg, tokenizer);
+      metrics.write(eval_record(step, result.eval));
+      log::info("eval step ", step, ": loss ", result.eval.loss,
+                result.eval.total > 0
+                    ? str_cat(", accuracy ", result.eval.correct, "/", result.eval.total)
+                    : std::string());
+    }
+    if ((cfg.ckpt.save_every > 0 && step % cfg.ckpt.save_every == 0) || last) save(step);
+  }
+  if (start_step >= cfg.train.steps) {
+    log::info("already at step ", step, " of ", cfg.train.steps, "; evaluating only");
+    result.eval = evaluate(model, cfg, tokenizer);
+  }
+  result.steps = step;
+  result.seconds = wall.seconds();
+  result.tokens_per_s =
+      gen_seconds_run > 0 ? static_cast<double>(gen_tokens_run) / gen_seconds_run : 0;
+  return result;
+}
+
+}  // namespace moetron::train

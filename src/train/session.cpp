@@ -1,0 +1,103 @@
+// Shared stage setup (see session.h).
+#include "session.h"
+
+#include <torch/cuda.h>
+
+#include <filesystem>
+
+#include "moetron/ckpt/train_checkpoint.h"
+#include "moetron/config/loader.h"
+#include "moetron/core/error.h"
+#include "moetron/core/logging.h"
+#include "moetron/optim/optimizer.h"
+#include "moetron/train/evaluate.h"
+
+namespace fs = std::filesystem;
+
+namespace moetron::train {
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda") {
+    MOETRON_CHECK_CONFIG(torch::cuda::is_available(),
+                         "train.device is 'cuda' but no CUDA device is visible; use auto or cpu");
+    return torch::kCUDA;
+  }
+  return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+}
+
+LogFileGuard::LogFileGuard(const std::string& path) {
+  log::add_file(path);
+}
+LogFileGuard::~LogFileGuard() {
+  log::remove_files();
+}
+
+namespace {
+const char* stage_name(config::Stage s) {
+  switch (s) {
+    case config::Stage::kPretrain:
+      return "pretrain";
+    case config::Stage::kSft:
+      return "sft";
+    case config::Stage::kGrpo:
+      return "grpo";
+  }
+  return "?";
+}
+}  // namespace
+
+Session open_session(const config::Config& cfg_in, const TrainOptions& options) {
+  Session s;
+  s.cfg = cfg_in;
+  if (!options.resume.empty()) s.cfg.ckpt.resume = options.resume;
+  const auto& cfg = s.cfg;
+  config::validate(cfg);
+  model::validate_model_config(cfg);
+  log::set_level(log::parse_level(cfg.log.level));
+  s.yaml = config::dump(cfg);
+  s.device = resolve_device(cfg.train.device);
+
+  // Resume decision first: it decides whether a run directory with another config is ok.
+  const std::string checkpoints =
+      (fs::path(cfg.log.run_dir) / cfg.log.name / "checkpoints").string();
+  if (cfg.ckpt.resume == "auto") {
+    s.resume_from = ckpt::find_resume_checkpoint(checkpoints);
+  } else if (cfg.ckpt.resume != "none") {
+    s.resume_from = resolve_checkpoint(cfg.ckpt.resume);
+  }
+  s.run = open_run_dir(cfg.log.run_dir, cfg.log.name, s.yaml, s.resume_from.has_value());
+  s.log_file = std::make_unique<LogFileGuard>(s.run.log_path);
+  log::info("run ", s.run.root, " | stage ", stage_name(cfg.train.stage), " | device ",
+            s.device.str());
+
+  s.tokenizer = data::load_tokenizer(cfg.data.tokenizer);
+  MOETRON_CHECK_CONFIG(s.tokenizer->vocab_size() <= cfg.model.vocab_size, "data.tokenizer '",
+                       cfg.data.tokenizer, "' has ", s.tokenizer->vocab_size(),
+                       " tokens but model.vocab_size is ", cfg.model.vocab_size);
+
+  torch::manual_seed(cfg.train.seed);
+  s.model = model::DeepseekV3ForCausalLM(cfg);
+  s.model->to(s.device);
+  if (!cfg.train.init_from.empty() && !s.resume_from) {
+    load_model_weights(cfg.train.init_from, s.model);
+  }
+  s.model->train();
+  s.optimizer = optim::make_adamw(*s.model, cfg.optim);
+  for (auto& p : s.model->parameters()) {
+    if (p.requires_grad()) s.params.push_back(p);
+  }
+  return s;
+}
+
+model::DeepseekV3ForCausalLM frozen_model(const config::Config& cfg, const std::string& path,
+                                          const torch::Device& device) {
+  model::DeepseekV3ForCausalLM m(cfg);
+  m->to(device);
+  load_model_weights(path, m);
+  m->eval();
+  for (auto& p : m->parameters()) p.requires_grad_(false);
+  return m;
+}
+
+}  // namespace moetron::train

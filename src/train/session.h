@@ -1,0 +1,59 @@
+// What every training stage opens the same way (trainer.cpp for pretrain / SFT, grpo.cpp for
+// GRPO): the resolved config, the device, the resume decision, the run directory and its log
+// file, the tokenizer, the model (initialised from train.init_from unless resuming) and AdamW.
+// Internal to the train module.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "moetron/config/config.h"
+#include "moetron/core/run_dir.h"
+#include "moetron/data/tokenizer.h"
+#include "moetron/model/model.h"
+#include "moetron/train/trainer.h"
+
+namespace moetron::train {
+
+// "cpu", "cuda" (an error when none is visible) or "auto".
+torch::Device resolve_device(const std::string& name);
+
+// Adds the run's log file as a sink until destroyed.
+class LogFileGuard {
+ public:
+  explicit LogFileGuard(const std::string& path);
+  ~LogFileGuard();
+  LogFileGuard(const LogFileGuard&) = delete;
+  LogFileGuard& operator=(const LogFileGuard&) = delete;
+};
+
+struct Session {
+  config::Config cfg;  // validated; ckpt.resume overridden by TrainOptions::resume
+  std::string yaml;    // config::dump(cfg), stored in the run directory and checkpoints
+  torch::Device device{torch::kCPU};
+  std::optional<std::string> resume_from;  // the checkpoint to resume, if any
+  RunDir run;
+  std::unique_ptr<LogFileGuard> log_file;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  model::DeepseekV3ForCausalLM model{nullptr};  // on `device`, in train mode
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::vector<torch::Tensor> params;  // the trainable parameters (for clipping)
+};
+
+// Validates the config, decides the resume checkpoint (ckpt.resume: auto | none | path), opens
+// runs/<log.name>, builds the model (seeded with train.seed) and loads train.init_from unless
+// resuming (the caller loads the checkpoint, with its own state). Logs the run's header line.
+Session open_session(const config::Config& cfg, const TrainOptions& options);
+
+// A frozen copy of the architecture with the weights at `path` (SLM and KL reference models).
+model::DeepseekV3ForCausalLM frozen_model(const config::Config& cfg, const std::string& path,
+                                          const torch::Device& device);
+
+// The GRPO stage (grpo.cpp); train() dispatches to it for train.stage: grpo.
+TrainResult train_grpo(const config::Config& cfg, const TrainOptions& options);
+
+}  // namespace moetron::train
