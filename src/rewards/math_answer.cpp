@@ -15,7 +15,11 @@ namespace {
 
 using i128 = __int128;
 
-constexpr double kRelTol = 1e-6;
+// Numeric comparisons: within half a unit of the 6th decimal place (the continuous counterpart
+// of math-verify rounding both sides to 6 places), plus a 1e-12 relative slack for the double
+// rounding of large values. A relative 1e-6 would accept 744711.5 for 744711.
+constexpr double kAbsTol = 5e-7;
+constexpr double kRelSlack = 1e-12;
 constexpr int kMaxDepth = 64;
 
 bool is_space(char c) {
@@ -538,10 +542,19 @@ std::string collapse_spaces(std::string_view s) {
   return trim(out);
 }
 
-std::string remove_spaces(std::string_view s) {
+// The text key: lower case, spaces dropped except one between two letters/digits ("x = 5" ->
+// "x=5", "\\text{Yes}" -> "yes", but "56 854" stays two tokens).
+std::string text_key(std::string_view s) {
+  const std::string in = collapse_spaces(s);
   std::string out;
-  for (char c : s) {
-    if (!is_space(c)) out += c;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const char c = in[i];
+    if (c == ' ') {
+      const auto alnum = [](char x) { return is_alpha(x) || is_digit(x); };
+      if (!out.empty() && i + 1 < in.size() && alnum(out.back()) && alnum(in[i + 1])) out += c;
+      continue;
+    }
+    out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
   return out;
 }
@@ -598,7 +611,7 @@ struct Answer {
   Number number;
   std::vector<Answer> items;
   char open = 0, close = 0;  // list brackets: ( [ { or 0 for a bare "a, b"
-  std::string key;           // normalised text: whitespace removed, \text{} unwrapped
+  std::string key;           // text_key() of the answer with \text{} unwrapped
 };
 
 std::optional<Number> parse_number(std::string s) {
@@ -674,7 +687,7 @@ std::optional<Answer> parse_list(const std::string& s) {
 Answer parse_answer(std::string_view raw) {
   std::string s = collapse_spaces(unwrap(normalize_latex(unwrap(std::string(raw)))));
   Answer a;
-  a.key = remove_spaces(text_groups(s, true));
+  a.key = text_key(text_groups(s, true));
   s = after_equals(s);
   if (auto list = parse_list(s)) {
     list->key = a.key;
@@ -705,8 +718,9 @@ Number percent_value(const Number& n) {
 }
 
 // math-verify's rules: a percentage X% is X/100, and when both sides are integers (no decimal
-// point) X% also equals X; exact rationals compare exactly; once a decimal literal or an
-// irrational takes part, |a - b| <= 1e-6 * max(1, |a|, |b|).
+// point) X% also equals X; exact rationals compare exactly, and so does an integer against a
+// decimal; otherwise (a decimal against a non-terminating fraction, an irrational)
+// |a - b| <= 5e-7 (+ 1e-12 relative).
 bool numbers_equal(const Number& a, const Number& b) {
   if (a.percent != b.percent && is_raw_integer(a) && is_raw_integer(b) && a.num == b.num) {
     return true;
@@ -714,8 +728,10 @@ bool numbers_equal(const Number& a, const Number& b) {
   const Number x = percent_value(a), y = percent_value(b);
   if (x.exact && y.exact && x.num == y.num && x.den == y.den) return true;
   if (x.exact && y.exact && !x.decimal && !y.decimal) return false;
-  const double scale = std::max({1.0, std::fabs(x.approx), std::fabs(y.approx)});
-  return std::fabs(x.approx - y.approx) <= kRelTol * scale;
+  // An integer is only matched exactly: 7.0 is 7, 7.0000001 is not (as math-verify).
+  if (x.exact && y.exact && (is_raw_integer(x) || is_raw_integer(y))) return false;
+  const double scale = std::max(std::fabs(x.approx), std::fabs(y.approx));
+  return std::fabs(x.approx - y.approx) <= kAbsTol + kRelSlack * scale;
 }
 
 bool equivalent(const Answer& gold, const Answer& pred);

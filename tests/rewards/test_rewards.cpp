@@ -108,11 +108,18 @@ TEST(Accuracy, ExpressionsAndTolerance) {
                    {"\\boxed{\\frac{\\pi}{2}}", "1.5707963", 1},
                    {"\\boxed{1.41421356}", "\\sqrt{2}", 1},
                    {"\\boxed{1.414}", "\\sqrt{2}", 0},
-                   {"\\boxed{0.333333}", "\\frac{1}{3}", 1},  // 1e-6 tolerance, like math-verify
+                   {"\\boxed{0.333333}", "\\frac{1}{3}", 1},  // 5e-7: 6 places, like math-verify
+                   {"\\boxed{0.333334}", "\\frac{1}{3}", 0},
+                   {"\\boxed{2.90909}", "\\frac{32}{11}", 0},
                    {"\\boxed{0.3333}", "\\frac{1}{3}", 0},
                    {"\\boxed{0.1000001}", "0.1", 1},
                    {"\\boxed{0.10001}", "0.1", 0},
                    {"\\boxed{1000001}", "1000000", 0},  // integers compare exactly
+                   {"\\boxed{744711.5}", "744711", 0},
+                   {"\\boxed{7.0000001}", "7", 0},     // ... also against decimals
+                   {"\\boxed{7.0000001}", "7.0", 1},   // two decimals: tolerance
+                   {"\\boxed{56\\,854}", "56854", 1},  // a thin space groups digits
+                   {"\\boxed{56 854}", "56854", 0},    // a plain space does not
                    {"\\boxed{9223372036854775807}", "9223372036854775807", 1},
                    {"\\boxed{1/0}", "1", 0},
                });
@@ -150,6 +157,7 @@ TEST(Accuracy, ListsSetsAndText) {
                                {"\\boxed{\\text{yes}}", "yes", 1},
                                {"\\boxed{yes}", "\\text{yes}", 1},
                                {"\\boxed{no}", "yes", 0},
+                               {"\\boxed{\\text{Yes}}", "\\text{yes}", 1},  // case-blind text
                                {"\\boxed{y = 2x + 1}", "y=2x+1", 1},
                            });
 }

@@ -35,8 +35,9 @@ std::string strip_trailing_special(std::string_view text);
 
 // Whether `candidate` states the same answer as `reference` (a number or LaTeX expression):
 // exact rational comparison when both are exact and written without decimals, else numeric
-// with relative tolerance 1e-6 (absolute below 1); percentages, lists/tuples/sets, "x = 5",
-// units, LaTeX spacing and normalised-text equality as documented in docs/rewards.md.
+// within 5e-7 absolute (math-verify rounds to 6 places) plus 1e-12 relative; percentages,
+// lists/tuples/sets, "x = 5", units, LaTeX spacing and normalised-text equality as documented
+// in docs/rewards.md.
 bool math_answers_equivalent(const std::string& reference, const AnswerCandidate& candidate);
 
 // Convenience: extraction plus equivalence.
