@@ -21,6 +21,7 @@ using i128 = __int128;
 constexpr double kAbsTol = 5e-7;
 constexpr double kRelSlack = 1e-12;
 constexpr int kMaxDepth = 64;
+constexpr double kPi = 3.14159265358979323846;
 
 bool is_space(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
@@ -289,6 +290,7 @@ class Parser {
   }
 
   std::optional<Factor> signed_factor(int depth) {
+    if (depth > kMaxDepth) return std::nullopt;
     const char c = peek();
     if (c == '-' || c == '+') {
       ++pos_;
@@ -310,6 +312,7 @@ class Parser {
   }
 
   std::optional<Number> exponent(int depth) {
+    if (depth > kMaxDepth) return std::nullopt;
     const char c = peek();
     if (c == '-' || c == '+') {
       ++pos_;
@@ -368,7 +371,7 @@ class Parser {
     }
     if (cmd == "pi") {
       take_command(cmd);
-      return inexact(M_PI, true);
+      return inexact(kPi, true);
     }
     return std::nullopt;
   }
@@ -514,8 +517,9 @@ std::string text_groups(std::string_view s, bool keep_content) {
 // Outer \boxed{...} / \fbox{...} wrappers, surrounding whitespace and trailing periods.
 std::string unwrap(std::string s) {
   for (;;) {
-    s = trim(s);
-    while (!s.empty() && s.back() == '.') s = trim(s.substr(0, s.size() - 1));
+    size_t end = s.size();
+    while (end > 0 && (is_space(s[end - 1]) || s[end - 1] == '.')) --end;
+    s = trim(std::string_view(s).substr(0, end));
     bool changed = false;
     for (std::string_view cmd : {"\\boxed", "\\fbox"}) {
       if (!starts_with(s, cmd)) continue;
@@ -626,13 +630,14 @@ std::optional<Number> parse_number(std::string s) {
   if (!n) {
     // Units: "5 cm", "5\,\text{cm}", "12 \mbox{ dollars}" -> the number before them.
     std::string bare = collapse_spaces(text_groups(s, false));
+    size_t end = bare.size();  // drop trailing " word"s (letters only), scanning once
     for (;;) {
-      size_t sp = bare.rfind(' ');
-      if (sp == std::string::npos) break;
-      std::string_view tail = std::string_view(bare).substr(sp + 1);
-      if (tail.empty() || !std::all_of(tail.begin(), tail.end(), is_alpha)) break;
-      bare = trim(bare.substr(0, sp));
+      size_t b = end;
+      while (b > 0 && is_alpha(bare[b - 1])) --b;
+      if (b == end || b == 0 || bare[b - 1] != ' ') break;
+      end = b - 1;
     }
+    bare.resize(end);
     if (!bare.empty() && bare != s) {
       if (bare.back() == '%') return parse_number(bare);
       if (is_thousands(bare)) bare.erase(std::remove(bare.begin(), bare.end(), ','), bare.end());
@@ -643,10 +648,11 @@ std::optional<Number> parse_number(std::string s) {
   return n;
 }
 
-Answer parse_answer(std::string_view raw);
+Answer parse_answer(std::string_view raw, int depth = 0);
 
 // "(1, 2]", "\{1, 2\}" (normalised to "{1, 2}"), or a bare "1, 2": the items, or nullopt.
-std::optional<Answer> parse_list(const std::string& s) {
+std::optional<Answer> parse_list(const std::string& s, int depth) {
+  if (depth > kMaxDepth) return std::nullopt;
   if (is_thousands(s) ||
       (!s.empty() && s.back() == '%' && is_thousands(trim(s.substr(0, s.size() - 1))))) {
     return std::nullopt;
@@ -678,18 +684,18 @@ std::optional<Answer> parse_list(const std::string& s) {
   for (size_t at : commas) {
     std::string item = trim(inner.substr(from, at - from));
     if (item.empty()) return std::nullopt;
-    list.items.push_back(parse_answer(item));
+    list.items.push_back(parse_answer(item, depth + 1));
     from = at + 1;
   }
   return list;
 }
 
-Answer parse_answer(std::string_view raw) {
+Answer parse_answer(std::string_view raw, int depth) {
   std::string s = collapse_spaces(unwrap(normalize_latex(unwrap(std::string(raw)))));
   Answer a;
   a.key = text_key(text_groups(s, true));
   s = after_equals(s);
-  if (auto list = parse_list(s)) {
+  if (auto list = parse_list(s, depth)) {
     list->key = a.key;
     return *list;
   }
@@ -873,6 +879,9 @@ std::optional<std::string> last_answer_tag(std::string_view text) {
 
 std::optional<std::string> last_boxed(std::string_view text) {
   size_t from = text.size();
+  // A brace that does not close before `limit` leaves every earlier brace unclosed from there
+  // on too, so later searches stop at it (linear time for "\\boxed{\\boxed{\\boxed{...").
+  size_t limit = text.size();
   while (from > 0) {
     size_t boxed = text.rfind("\\boxed", from - 1), fbox = text.rfind("\\fbox", from - 1);
     size_t at = boxed == std::string::npos  ? fbox
@@ -885,8 +894,10 @@ std::optional<std::string> last_boxed(std::string_view text) {
     if (b < text.size() && is_alpha(text[b])) continue;  // \boxedsomething
     while (b < text.size() && is_space(text[b])) ++b;
     if (b < text.size() && text[b] == '{') {
-      const size_t close = match_brace(text, b);
+      if (b >= limit) continue;
+      const size_t close = match_brace(text.substr(0, limit), b);
       if (close != std::string::npos) return std::string(text.substr(b + 1, close - b - 1));
+      limit = b;
       continue;
     }
     if (b > name_end && b < text.size()) {  // "\boxed 5": one token

@@ -240,6 +240,26 @@ TEST(MathAnswer, Helpers) {
   EXPECT_TRUE(math_answer_correct("\\boxed{4}", "4"));
 }
 
+TEST(Accuracy, HostileInputsStayCheap) {
+  // Deep nesting, long prose, many commas, dots and boxes: no stack overflow, no quadratic blowup.
+  const std::string deep =
+      "\\boxed{" + std::string(20000, '(') + "1" + std::string(20000, ')') + "}";
+  const std::string nested_lists =
+      "\\boxed{" + std::string(5000, '(') + "1,2" + std::string(5000, ')') + "}";
+  std::string prose, commas, braces;
+  for (int i = 0; i < 20000; ++i) prose += "word ";
+  for (int i = 0; i < 20000; ++i) commas += "1, ";
+  for (int i = 0; i < 5000; ++i) braces += "\\boxed{";
+  for (const std::string& completion :
+       {deep, nested_lists, prose + "42", prose, commas, braces, std::string(50000, '.'),
+        "</think>" + prose + std::string(50000, '.'), std::string(50000, '-') + "1",
+        "\\boxed{" + std::string(50000, '{') + "}", std::string(20000, '$') + "5"}) {
+    EXPECT_NO_THROW(make_verifier("accuracy", {})->score(sample(completion, "42")))
+        << completion.substr(0, 40);
+  }
+  EXPECT_EQ(run("accuracy", sample(prose + "42", "42")), 1);
+}
+
 // ---- format ------------------------------------------------------------------------------
 
 TEST(Format, R1Template) {
