@@ -47,10 +47,36 @@ bool ends_with(std::string_view s, std::string_view p) {
   return s.size() >= p.size() && s.substr(s.size() - p.size()) == p;
 }
 
+// One pass (in-place replacement would be quadratic in the number of hits).
 void replace_all(std::string& s, std::string_view from, std::string_view to) {
-  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
-    s.replace(at, from.size(), to);
+  size_t at = s.find(from);
+  if (from.empty() || at == std::string::npos) return;
+  std::string out;
+  out.reserve(s.size());
+  size_t done = 0;
+  for (; at != std::string::npos; at = s.find(from, done)) {
+    out.append(s, done, at - done);
+    out.append(to);
+    done = at + from.size();
   }
+  out.append(s, done, std::string::npos);
+  s = std::move(out);
+}
+
+// The '}' partner of every '{' (npos when unclosed), escaped \{ \} skipped; one pass.
+std::vector<size_t> brace_partners(std::string_view s) {
+  std::vector<size_t> partner(s.size(), std::string::npos), open;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == '{') {
+      open.push_back(i);
+    } else if (s[i] == '}' && !open.empty()) {
+      partner[open.back()] = i;
+      open.pop_back();
+    }
+  }
+  return partner;
 }
 
 // Index of the '}' closing the '{' at `open` (escaped \{ \} do not count); npos if unbalanced.
@@ -489,21 +515,28 @@ std::string normalize_latex(std::string_view in) {
 
 // Removes \text{...}-like groups (with `keep_content` their inside stays).
 std::string text_groups(std::string_view s, bool keep_content) {
+  const std::vector<size_t> partner = brace_partners(s);
+  std::vector<bool> drop(s.size(), false);  // closing braces of unwrapped groups
   std::string out;
   for (size_t i = 0; i < s.size();) {
+    if (drop[i]) {
+      ++i;
+      continue;
+    }
     if (s[i] == '\\') {
       size_t e = i + 1;
       while (e < s.size() && is_alpha(s[e])) ++e;
       std::string_view name = s.substr(i + 1, e - i - 1);
       size_t b = e;
       while (b < s.size() && is_space(s[b])) ++b;
-      if (is_text_command(name) && b < s.size() && s[b] == '{') {
-        const size_t close = match_brace(s, b);
-        if (close != std::string::npos) {
-          if (keep_content) out += text_groups(s.substr(b + 1, close - b - 1), true);
-          i = close + 1;
-          continue;
+      if (is_text_command(name) && b < s.size() && s[b] == '{' && partner[b] != std::string::npos) {
+        if (keep_content) {
+          drop[partner[b]] = true;  // iterative, so deep nesting cannot exhaust the stack
+          i = b + 1;
+        } else {
+          i = partner[b] + 1;
         }
+        continue;
       }
       out.append(s.substr(i, std::max<size_t>(e - i, 2)));
       i += std::max<size_t>(e - i, 2);
@@ -661,11 +694,11 @@ std::optional<Answer> parse_list(const std::string& s, int depth) {
   list.kind = Answer::kList;
   std::string_view inner = s;
   if (s.size() >= 2 && (s[0] == '(' || s[0] == '[' || s[0] == '{')) {
-    int depth = 0;
+    int level = 0;
     size_t end = std::string::npos;
     for (size_t i = 0; i < s.size(); ++i) {
-      if (s[i] == '(' || s[i] == '[' || s[i] == '{') ++depth;
-      if ((s[i] == ')' || s[i] == ']' || s[i] == '}') && --depth == 0) {
+      if (s[i] == '(' || s[i] == '[' || s[i] == '{') ++level;
+      if ((s[i] == ')' || s[i] == ']' || s[i] == '}') && --level == 0) {
         end = i;
         break;
       }
@@ -910,11 +943,11 @@ std::optional<std::string> last_boxed(std::string_view text) {
 }
 
 std::string strip_trailing_special(std::string_view text) {
-  std::string s(text);
+  std::string_view s = text;  // shrinks from the end; copied once
   for (;;) {
-    s = trim(s);
+    while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
     if (ends_with(s, "</s>")) {
-      s.resize(s.size() - 4);
+      s.remove_suffix(4);
       continue;
     }
     bool stripped = false;
@@ -925,13 +958,13 @@ std::string strip_trailing_special(std::string_view text) {
       const size_t at = s.rfind(open, s.size() - close.size());
       if (at == std::string::npos || at + open.size() > s.size() - close.size()) continue;
       std::string_view name =
-          std::string_view(s).substr(at + open.size(), s.size() - close.size() - at - open.size());
+          s.substr(at + open.size(), s.size() - close.size() - at - open.size());
       if (std::any_of(name.begin(), name.end(), is_space)) continue;
-      s.resize(at);
+      s = s.substr(0, at);
       stripped = true;
       break;
     }
-    if (!stripped) return s;
+    if (!stripped) return trim(s);
   }
 }
 

@@ -246,18 +246,26 @@ TEST(Accuracy, HostileInputsStayCheap) {
       "\\boxed{" + std::string(20000, '(') + "1" + std::string(20000, ')') + "}";
   const std::string nested_lists =
       "\\boxed{" + std::string(5000, '(') + "1,2" + std::string(5000, ')') + "}";
-  std::string prose, commas, braces;
+  std::string prose, commas, braces, texts, minus;
+  for (int i = 0; i < 30000; ++i) texts += "\\text{";
+  texts = "\\boxed{" + texts + "42" + std::string(30000, '}') + "}";
+  for (int i = 0; i < 30000; ++i) minus += "\u2212 ";
+  std::string specials = "</think> 42";
+  for (int i = 0; i < 30000; ++i) specials += "<|pad|>";
   for (int i = 0; i < 20000; ++i) prose += "word ";
   for (int i = 0; i < 20000; ++i) commas += "1, ";
   for (int i = 0; i < 5000; ++i) braces += "\\boxed{";
   for (const std::string& completion :
        {deep, nested_lists, prose + "42", prose, commas, braces, std::string(50000, '.'),
         "</think>" + prose + std::string(50000, '.'), std::string(50000, '-') + "1",
-        "\\boxed{" + std::string(50000, '{') + "}", std::string(20000, '$') + "5"}) {
+        "\\boxed{" + std::string(50000, '{') + "}", std::string(20000, '$') + "5", texts,
+        minus + "42", specials}) {
     EXPECT_NO_THROW(make_verifier("accuracy", {})->score(sample(completion, "42")))
         << completion.substr(0, 40);
   }
   EXPECT_EQ(run("accuracy", sample(prose + "42", "42")), 1);
+  EXPECT_EQ(run("accuracy", sample(texts, "42")), 1);
+  EXPECT_EQ(run("accuracy", sample(specials, "42")), 1);
 }
 
 // ---- format ------------------------------------------------------------------------------
