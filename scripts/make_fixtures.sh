@@ -7,7 +7,8 @@ python=$1
 out=$2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # Pinned peers: the fixtures are only as reproducible as these versions.
-peers=(transformers==5.24.0 safetensors==0.8.0 tokenizers==0.23.3)
+peers=(transformers==5.24.0 safetensors==0.8.0 tokenizers==0.23.3
+       math-verify==0.9.0 latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2)
 
 missing=()
 for spec in "${peers[@]}"; do
@@ -35,6 +36,7 @@ generators=(
   "hf_deepseek_v3.py --out $out.partial/hf"
   "hf_model_logits.py $out.partial"
   "hf_tokenizers.py --out $out.partial/tokenizers"
+  "math_verify_cases.py --out $out.partial/math_verify"
 )
 for g in "${generators[@]}"; do
   script=${g%% *}

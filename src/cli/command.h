@@ -39,6 +39,7 @@ Run setup_config(CLI::App& app);
 Run setup_data(CLI::App& app);
 Run setup_eval(CLI::App& app);
 Run setup_generate(CLI::App& app);
+Run setup_reward(CLI::App& app);
 Run setup_run(CLI::App& app);
 Run setup_train(CLI::App& app);
 Run setup_convert(CLI::App& app);
