@@ -17,25 +17,28 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// logits of one chunk in fp32 (matmul in the operands' dtype, which the caller made equal).
-torch::Tensor chunk_logits(const torch::Tensor& h_nD, const torch::Tensor& w_VD) {
-  return h_nD.mm(w_VD.t()).to(torch::kFloat32);
+// logits / temperature of one chunk in fp32 (matmul in the operands' dtype, which the caller
+// made equal).
+torch::Tensor chunk_logits(const torch::Tensor& h_nD, const torch::Tensor& w_VD, double inv_temp) {
+  auto logits = h_nD.mm(w_VD.t()).to(torch::kFloat32);
+  return inv_temp == 1.0 ? logits : logits * inv_temp;
 }
 
 struct ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h_ND,
                                const torch::Tensor& w_VD, const torch::Tensor& targets_N,
-                               int64_t chunk) {
+                               int64_t chunk, double inv_temp) {
     // The caller already cast to the compute dtype; autocast must not re-cast here, so that
     // forward and the (autocast-free) backward recomputation see the same numerics.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     ctx->save_for_backward({h_ND, w_VD, targets_N});
     ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["inv_temp"] = inv_temp;
     const int64_t N = h_ND.size(0);
     auto out_N = torch::empty({N}, h_ND.options().dtype(torch::kFloat32));
     for (int64_t s = 0; s < N; s += chunk) {
       const int64_t n = std::min(chunk, N - s);
-      auto logits_nV = chunk_logits(h_ND.narrow(0, s, n), w_VD);
+      auto logits_nV = chunk_logits(h_ND.narrow(0, s, n), w_VD, inv_temp);
       auto t_n = targets_N.narrow(0, s, n);
       auto valid_n = t_n != kIgnoreIndex;
       auto lp_n =
@@ -51,6 +54,7 @@ struct ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
     const auto& w_VD = saved[1];
     const auto& targets_N = saved[2];
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const double inv_temp = ctx->saved_data["inv_temp"].toDouble();
     auto g_N = grad_outputs[0].to(torch::kFloat32);
     const int64_t N = h_ND.size(0);
     auto grad_h = torch::empty_like(h_ND);
@@ -60,21 +64,24 @@ struct ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
       auto h_nD = h_ND.narrow(0, s, n);
       auto t_n = targets_N.narrow(0, s, n);
       auto g_n = g_N.narrow(0, s, n) * (t_n != kIgnoreIndex).to(torch::kFloat32);
-      // d log p_t / d logits = onehot(t) - softmax(logits)
-      auto d_nV = torch::softmax(chunk_logits(h_nD, w_VD), 1) * (-g_n).unsqueeze(1);
+      // d log p_t / d z = onehot(t) - softmax(z) with z = logits / T, and dz/dlogits = 1/T.
+      auto d_nV = torch::softmax(chunk_logits(h_nD, w_VD, inv_temp), 1) * (-g_n).unsqueeze(1);
       d_nV.scatter_add_(1, t_n.clamp_min(0).unsqueeze(1), g_n.unsqueeze(1));
+      if (inv_temp != 1.0) d_nV.mul_(inv_temp);
       auto d = d_nV.to(h_ND.scalar_type());
       grad_h.narrow(0, s, n).copy_(d.mm(w_VD));
       grad_w.add_(d.t().mm(h_nD).to(torch::kFloat32));
     }
-    return {grad_h, grad_w.to(w_VD.scalar_type()), torch::Tensor(), torch::Tensor()};
+    return {grad_h, grad_w.to(w_VD.scalar_type()), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor chunked_token_logprobs(const torch::Tensor& hidden_ND, const torch::Tensor& weight_VD,
-                                     const torch::Tensor& targets_N, int64_t chunk_rows) {
+                                     const torch::Tensor& targets_N, int64_t chunk_rows,
+                                     double temperature) {
   MOETRON_CHECK(
       hidden_ND.dim() == 2 && weight_VD.dim() == 2 && hidden_ND.size(1) == weight_VD.size(1),
       "chunked_token_logprobs: expected hidden [N, D] and weight [V, D], got ", hidden_ND.sizes(),
@@ -83,13 +90,15 @@ torch::Tensor chunked_token_logprobs(const torch::Tensor& hidden_ND, const torch
                 "chunked_token_logprobs: expected targets [", hidden_ND.size(0), "], got ",
                 targets_N.sizes());
   MOETRON_CHECK(chunk_rows > 0, "chunked_token_logprobs: chunk_rows must be > 0, got ", chunk_rows);
+  MOETRON_CHECK(temperature > 0, "chunked_token_logprobs: temperature must be > 0, got ",
+                temperature);
   const auto device_type = hidden_ND.device().type();
   auto dtype = hidden_ND.scalar_type();
   if (at::autocast::is_autocast_enabled(device_type)) {
     dtype = at::autocast::get_autocast_dtype(device_type);
   }
   return ChunkedLogprob::apply(hidden_ND.to(dtype), weight_VD.to(dtype),
-                               targets_N.to(torch::kInt64), chunk_rows);
+                               targets_N.to(torch::kInt64), chunk_rows, 1.0 / temperature);
 }
 
 torch::Tensor chunked_cross_entropy(const torch::Tensor& hidden_ND, const torch::Tensor& weight_VD,

@@ -356,7 +356,7 @@ torch::Tensor DeepseekV3ForCausalLMImpl::forward_with_cache(const torch::Tensor&
 torch::Tensor DeepseekV3ForCausalLMImpl::token_logprobs(const torch::Tensor& input_ids_BT,
                                                         const torch::Tensor& position_ids_BT,
                                                         const torch::Tensor& segment_ids_BT,
-                                                        int64_t chunk) {
+                                                        int64_t chunk, double temperature) {
   check_inputs(input_ids_BT, {}, position_ids_BT, segment_ids_BT);
   MOETRON_CHECK(chunk > 0, "token_logprobs: chunk must be > 0, got ", chunk);
   const int64_t B = input_ids_BT.size(0), T = input_ids_BT.size(1);
@@ -370,7 +370,8 @@ torch::Tensor DeepseekV3ForCausalLMImpl::token_logprobs(const torch::Tensor& inp
   }
   auto h_ND = hidden_BTD.narrow(1, 0, T - 1).reshape({B * (T - 1), hidden_BTD.size(2)});
   auto targets_N = input_ids_BT.narrow(1, 1, T - 1).reshape(-1);
-  return chunked_token_logprobs(h_ND, lm_head_weight(), targets_N, chunk * B).view({B, T - 1});
+  return chunked_token_logprobs(h_ND, lm_head_weight(), targets_N, chunk * B, temperature)
+      .view({B, T - 1});
 }
 
 }  // namespace moetron::model

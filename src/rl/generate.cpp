@@ -113,7 +113,8 @@ std::vector<Completion> generate(model::DeepseekV3ForCausalLM& model,
   auto last_BV = logits.select(1, max_prompt - 1).to(torch::kFloat32).cpu();
 
   for (int64_t step = 0; step < options.max_new_tokens && !live.empty(); ++step) {
-    auto logp_BV = torch::log_softmax(last_BV, 1);
+    const double temp = options.greedy ? 1.0 : options.temperature;
+    auto logp_BV = torch::log_softmax(temp == 1.0 ? last_BV : last_BV / temp, 1);
     torch::Tensor tok_B;
     if (options.greedy) {
       tok_B = last_BV.argmax(1);

@@ -161,7 +161,7 @@ void store_logprobs(model::DeepseekV3ForCausalLM& model, std::vector<Sample>& sa
     torch::Tensor lp;
     {
       AutocastGuard autocast(device, cfg.train.dtype);
-      lp = model->token_logprobs(mb.ids_BL);
+      lp = model->token_logprobs(mb.ids_BL, {}, {}, 256, cfg.rl.temperature);
     }
     for (size_t b = 0; b < rows.size(); ++b) {
       auto& smp = samples[rows[b]];
@@ -424,7 +424,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           torch::Tensor logp;
           {
             AutocastGuard autocast(device, cfg.train.dtype);
-            logp = model->token_logprobs(mb.ids_BL);
+            logp = model->token_logprobs(mb.ids_BL, {}, {}, 256, cfg.rl.temperature);
           }
           if (!stored_old) {
             mb.old_BT = logp.detach();

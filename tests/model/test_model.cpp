@@ -512,6 +512,24 @@ TEST(ChunkedLoss, ValuesAndGradsMatchFullLogits) {
   auto ce = chunked_cross_entropy(h, w, t, 5);
   auto ref = cross_entropy(h.mm(w.t()), t);
   EXPECT_NEAR(ce.item<double>(), ref.item<double>(), 1e-6);
+
+  // With a temperature: the log-probs of softmax(logits / T) and their gradients.
+  const double T = 0.7;
+  h.mutable_grad().zero_();
+  w.mutable_grad().zero_();
+  auto logp_t =
+      torch::log_softmax(h.mm(w.t()) / T, 1).gather(1, t.clamp_min(0).unsqueeze(1)).squeeze(1);
+  auto want_t = logp_t.masked_fill(t == kIgnoreIndex, 0.0);
+  (want_t * weights).sum().backward();
+  auto gh_t = h.grad().clone(), gw_t = w.grad().clone();
+  h.mutable_grad().zero_();
+  w.mutable_grad().zero_();
+  auto got_t = chunked_token_logprobs(h, w, t, 4, T);
+  EXPECT_LT(max_abs_diff(got_t, want_t), 1e-5);
+  (got_t * weights).sum().backward();
+  EXPECT_LT(max_abs_diff(h.grad(), gh_t), 1e-5);
+  EXPECT_LT(max_abs_diff(w.grad(), gw_t), 1e-5);
+  EXPECT_GT(max_abs_diff(got_t, want), 1e-3) << "temperature had no effect";
 }
 
 TEST(ChunkedLoss, ModelLossAndGradsIndependentOfLogitsPath) {

@@ -76,6 +76,27 @@ TEST(Generate, SamplerLogprobsEqualTrainerLogprobs) {
   }
 }
 
+TEST(Generate, TemperedSamplerLogprobsEqualTemperedTrainerLogprobs) {
+  auto m = tiny_model();
+  SamplingOptions o;
+  o.max_new_tokens = 8;
+  o.seed = 321;
+  o.temperature = 0.6;
+  auto got = generate(m, kPrompts, o);
+  torch::NoGradGuard no_grad;
+  m->eval();
+  for (size_t i = 0; i < kPrompts.size(); ++i) {
+    std::vector<int64_t> seq = kPrompts[i];
+    seq.insert(seq.end(), got[i].ids.begin(), got[i].ids.end());
+    auto lp = m->token_logprobs(torch::tensor(seq, torch::kLong).unsqueeze(0), {}, {}, 256, 0.6)[0];
+    const int64_t p = static_cast<int64_t>(kPrompts[i].size());
+    for (size_t j = 0; j < got[i].ids.size(); ++j) {
+      EXPECT_NEAR(got[i].logprobs[j], lp[p - 1 + static_cast<int64_t>(j)].item<float>(), 1e-5)
+          << "prompt " << i << " token " << j;
+    }
+  }
+}
+
 TEST(Generate, SeededSamplingIsReproducibleAndSeedMatters) {
   auto m = tiny_model();
   SamplingOptions o;

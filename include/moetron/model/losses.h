@@ -13,8 +13,11 @@ namespace moetron::model {
 // target is kIgnoreIndex (-100) give 0 and no gradient. Differentiable w.r.t. hidden and
 // weight; the matmuls run in the autocast dtype when autocast is on, else in hidden's dtype.
 // Returns fp32 [N].
+// `temperature` divides the logits first (the log-probs of the tempered distribution a sampler
+// at that temperature draws from).
 torch::Tensor chunked_token_logprobs(const torch::Tensor& hidden_ND, const torch::Tensor& weight_VD,
-                                     const torch::Tensor& targets_N, int64_t chunk_rows = 4096);
+                                     const torch::Tensor& targets_N, int64_t chunk_rows = 4096,
+                                     double temperature = 1.0);
 
 // Mean negative log-likelihood over rows with a valid target (0 when there is none), built on
 // chunked_token_logprobs. Same value as cross_entropy(hidden·weightᵀ, targets).

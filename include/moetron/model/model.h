@@ -103,10 +103,12 @@ class DeepseekV3ForCausalLMImpl : public torch::nn::Module {
 
   // log p(t_{i+1} | t_{<=i}) for i = 0..T-2: fp32 [B, T-1], differentiable. The vocab
   // projection and log-softmax run over `chunk` positions (x B rows) at a time and backward
-  // recomputes them, so [B, T, V] never exists, forward or backward (losses.h).
+  // recomputes them, so [B, T, V] never exists, forward or backward (losses.h). With
+  // `temperature` the log-probs are those of softmax(logits / temperature).
   torch::Tensor token_logprobs(const torch::Tensor& input_ids_BT,
                                const torch::Tensor& position_ids_BT = {},
-                               const torch::Tensor& segment_ids_BT = {}, int64_t chunk = 256);
+                               const torch::Tensor& segment_ids_BT = {}, int64_t chunk = 256,
+                               double temperature = 1.0);
 
   // An empty cache for B rows and up to max_len tokens, on the model's device and dtype.
   KvCache new_kv_cache(int64_t B, int64_t max_len) const;

@@ -26,10 +26,11 @@ struct SamplingOptions {
 };
 
 struct Completion {
-  std::vector<int64_t> ids;      // generated tokens only
-  std::vector<float> logprobs;   // log p of each generated token under the sampling distribution
-                                 // before temperature/top-k/top-p (the model's own)
-  std::vector<float> entropies;  // entropy (nats) of the model's next-token distribution there
+  std::vector<int64_t> ids;  // generated tokens only
+  // log p of each generated token under softmax(logits / temperature) (temperature 1 when
+  // greedy), before top-k / top-p: what token_logprobs(..., temperature) gives for them.
+  std::vector<float> logprobs;
+  std::vector<float> entropies;  // entropy (nats) of that distribution at each step
   bool stopped = false;          // ended on a stop id or stop string (false: hit max_new_tokens)
 };
 
