@@ -20,7 +20,6 @@
 #include "moetron/config/loader.h"
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
-#include "moetron/core/signals.h"
 #include "moetron/core/timer.h"
 #include "moetron/data/chat_template.h"
 #include "moetron/data/dataset.h"
@@ -281,18 +280,15 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
   double gen_seconds_run = 0;
   Stopwatch run_clock;
   while (step < cfg.train.steps) {
-    if (signals::interrupt_requested()) {
+    stop_if_interrupted(step, [&] {
       save(step);
-      throw Error(
-          ErrorKind::kInterrupted,
-          str_cat("interrupted by signal ", signals::interrupt_signal(), " at step ", step,
-                  "; checkpoint ", result.checkpoint, " (rerun the same command to resume)"));
-    }
+      return result.checkpoint;
+    });
     Stopwatch step_clock;
     // ---- rollouts: sample, score, keep groups (dynamic sampling drops equal-reward groups)
     memory.begin();
     std::vector<Sample> samples;  // kept groups, G consecutive samples each
-    std::vector<double> all_rewards, all_lengths, entropy_sum;
+    std::vector<double> all_rewards, all_lengths;
     std::vector<std::vector<double>> all_components(reward_names.size());
     double entropy_tokens = 0, truncated = 0, pass1 = 0, passG = 0;
     int64_t groups_sampled = 0, gen_tokens = 0, rounds = 0;
@@ -519,16 +515,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           "s train ", train_s, "s | eta ",
           format_duration(elapsed / double(step - start_step) * double(cfg.train.steps - step)));
     }
-    const bool last = step == cfg.train.steps;
-    if ((cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0) || last) {
-      result.eval = evaluate(model, cfg, tokenizer);
-      metrics.write(eval_record(step, result.eval));
-      log::info("eval step ", step, ": loss ", result.eval.loss,
-                result.eval.total > 0
-                    ? str_cat(", accuracy ", result.eval.correct, "/", result.eval.total)
-                    : std::string());
-    }
-    if ((cfg.ckpt.save_every > 0 && step % cfg.ckpt.save_every == 0) || last) save(step);
+    evaluate_and_save(step, cfg, model, tokenizer, metrics, result, save);
   }
   if (start_step >= cfg.train.steps) {
     log::info("already at step ", step, " of ", cfg.train.steps, "; evaluating only");

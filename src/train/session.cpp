@@ -9,6 +9,7 @@
 #include "moetron/config/loader.h"
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
+#include "moetron/core/signals.h"
 #include "moetron/optim/optimizer.h"
 #include "moetron/train/evaluate.h"
 
@@ -88,6 +89,29 @@ Session open_session(const config::Config& cfg_in, const TrainOptions& options) 
     if (p.requires_grad()) s.params.push_back(p);
   }
   return s;
+}
+
+void stop_if_interrupted(int64_t step, const std::function<std::string()>& save) {
+  if (!signals::interrupt_requested()) return;
+  const std::string checkpoint = save();
+  throw Error(ErrorKind::kInterrupted,
+              str_cat("interrupted by signal ", signals::interrupt_signal(), " at step ", step,
+                      "; checkpoint ", checkpoint, " (rerun the same command to resume)"));
+}
+
+void evaluate_and_save(int64_t step, const config::Config& cfg, model::DeepseekV3ForCausalLM& model,
+                       const data::Tokenizer& tokenizer, MetricsLog& metrics, TrainResult& result,
+                       const std::function<void(int64_t)>& save) {
+  const bool last = step == cfg.train.steps;
+  if ((cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0) || last) {
+    result.eval = evaluate(model, cfg, tokenizer);
+    metrics.write(eval_record(step, result.eval));
+    log::info("eval step ", step, ": loss ", result.eval.loss,
+              result.eval.total > 0
+                  ? str_cat(", accuracy ", result.eval.correct, "/", result.eval.total)
+                  : std::string());
+  }
+  if ((cfg.ckpt.save_every > 0 && step % cfg.ckpt.save_every == 0) || last) save(step);
 }
 
 model::DeepseekV3ForCausalLM frozen_model(const config::Config& cfg, const std::string& path,

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +16,7 @@
 #include "moetron/core/run_dir.h"
 #include "moetron/data/tokenizer.h"
 #include "moetron/model/model.h"
+#include "moetron/train/metrics.h"
 #include "moetron/train/trainer.h"
 
 namespace moetron::train {
@@ -48,6 +50,16 @@ struct Session {
 // runs/<log.name>, builds the model (seeded with train.seed) and loads train.init_from unless
 // resuming (the caller loads the checkpoint, with its own state). Logs the run's header line.
 Session open_session(const config::Config& cfg, const TrainOptions& options);
+
+// At a step boundary: if SIGINT / SIGTERM arrived, saves a checkpoint through `save` (which
+// returns its path) and throws Error(kInterrupted) naming the step and the checkpoint.
+void stop_if_interrupted(int64_t step, const std::function<std::string()>& save);
+
+// After optimizer step `step`: the periodic (train.eval_every) and final evaluation, logged and
+// written to `metrics`, then the periodic (ckpt.save_every) and final checkpoint via `save`.
+void evaluate_and_save(int64_t step, const config::Config& cfg, model::DeepseekV3ForCausalLM& model,
+                       const data::Tokenizer& tokenizer, MetricsLog& metrics, TrainResult& result,
+                       const std::function<void(int64_t)>& save);
 
 // A frozen copy of the architecture with the weights at `path` (SLM and KL reference models).
 model::DeepseekV3ForCausalLM frozen_model(const config::Config& cfg, const std::string& path,

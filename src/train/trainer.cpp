@@ -12,7 +12,6 @@
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
 #include "moetron/core/run_dir.h"
-#include "moetron/core/signals.h"
 #include "moetron/core/timer.h"
 #include "moetron/data/loader.h"
 #include "moetron/model/accounting.h"
@@ -111,13 +110,10 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   int64_t tokens_this_run = 0;
   Stopwatch train_clock;
   while (step < cfg.train.steps) {
-    if (signals::interrupt_requested()) {
+    stop_if_interrupted(step, [&] {
       save(step);
-      throw Error(
-          ErrorKind::kInterrupted,
-          str_cat("interrupted by signal ", signals::interrupt_signal(), " at step ", step,
-                  "; checkpoint ", result.checkpoint, " (rerun the same command to resume)"));
-    }
+      return result.checkpoint;
+    });
     Stopwatch step_clock;
     const double lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
     optim::set_lr(*optimizer, lr);
@@ -219,16 +215,7 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
                     elapsed / double(step - start_step) * double(cfg.train.steps - step)};
       log::info(format_step_line(line));
     }
-    const bool last = step == cfg.train.steps;
-    if ((cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0) || last) {
-      result.eval = evaluate(model, cfg, *tokenizer);
-      metrics.write(eval_record(step, result.eval));
-      log::info("eval step ", step, ": loss ", result.eval.loss,
-                result.eval.total > 0
-                    ? str_cat(", accuracy ", result.eval.correct, "/", result.eval.total)
-                    : std::string());
-    }
-    if ((cfg.ckpt.save_every > 0 && step % cfg.ckpt.save_every == 0) || last) save(step);
+    evaluate_and_save(step, cfg, model, *tokenizer, metrics, result, save);
   }
   if (start_step >= cfg.train.steps) {
     log::info("already at step ", step, " of ", cfg.train.steps, "; evaluating only");

@@ -56,45 +56,36 @@ TEST(Generate, CachedGreedyEqualsFullForwardGreedy) {
   EXPECT_GT(distinct.size(), 3u) << "degenerate model: every step emits the same token";
 }
 
-TEST(Generate, SamplerLogprobsEqualTrainerLogprobs) {
+// Samples at `temperature`, then checks each token's sampler log-prob against the trainer's
+// token_logprobs at the same temperature over the full sequence.
+void expect_sampler_logprobs_match_trainer(double temperature, uint64_t seed) {
   auto m = tiny_model();
   SamplingOptions o;
   o.max_new_tokens = 10;
-  o.seed = 123;
+  o.seed = seed;
+  o.temperature = temperature;
   auto got = generate(m, kPrompts, o);
   torch::NoGradGuard no_grad;
   m->eval();
   for (size_t i = 0; i < kPrompts.size(); ++i) {
     std::vector<int64_t> seq = kPrompts[i];
     seq.insert(seq.end(), got[i].ids.begin(), got[i].ids.end());
-    auto lp = m->token_logprobs(torch::tensor(seq, torch::kLong).unsqueeze(0))[0];
+    auto ids = torch::tensor(seq, torch::kLong).unsqueeze(0);
+    auto lp = m->token_logprobs(ids, {}, {}, 256, temperature)[0];
     const int64_t p = static_cast<int64_t>(kPrompts[i].size());
     for (size_t j = 0; j < got[i].ids.size(); ++j) {
       EXPECT_NEAR(got[i].logprobs[j], lp[p - 1 + static_cast<int64_t>(j)].item<float>(), 1e-5)
-          << "prompt " << i << " token " << j;
+          << "temperature " << temperature << " prompt " << i << " token " << j;
     }
   }
 }
 
+TEST(Generate, SamplerLogprobsEqualTrainerLogprobs) {
+  expect_sampler_logprobs_match_trainer(1.0, 123);
+}
+
 TEST(Generate, TemperedSamplerLogprobsEqualTemperedTrainerLogprobs) {
-  auto m = tiny_model();
-  SamplingOptions o;
-  o.max_new_tokens = 8;
-  o.seed = 321;
-  o.temperature = 0.6;
-  auto got = generate(m, kPrompts, o);
-  torch::NoGradGuard no_grad;
-  m->eval();
-  for (size_t i = 0; i < kPrompts.size(); ++i) {
-    std::vector<int64_t> seq = kPrompts[i];
-    seq.insert(seq.end(), got[i].ids.begin(), got[i].ids.end());
-    auto lp = m->token_logprobs(torch::tensor(seq, torch::kLong).unsqueeze(0), {}, {}, 256, 0.6)[0];
-    const int64_t p = static_cast<int64_t>(kPrompts[i].size());
-    for (size_t j = 0; j < got[i].ids.size(); ++j) {
-      EXPECT_NEAR(got[i].logprobs[j], lp[p - 1 + static_cast<int64_t>(j)].item<float>(), 1e-5)
-          << "prompt " << i << " token " << j;
-    }
-  }
+  expect_sampler_logprobs_match_trainer(0.6, 321);
 }
 
 TEST(Generate, SeededSamplingIsReproducibleAndSeedMatters) {
