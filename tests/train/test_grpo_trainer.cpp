@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "moetron/rewards/reward.h"
+#include "moetron/train/pipeline.h"
 #include "moetron/train/trainer.h"
 #include "train_test_util.h"
 
@@ -67,7 +68,8 @@ class GrpoTrainerTest : public ScratchTest {
     prompts_ = dir_ + "/prompts.jsonl";
     std::ofstream out(prompts_);
     for (int i = 0; i < 16; ++i) {
-      out << R"({"prompt":"Write the letter a, )" << i << R"( times.","answer":"a","task":"letters"})"
+      out << R"({"prompt":"Write the letter a, )" << i
+          << R"( times.","answer":"a","task":"letters"})"
           << "\n";
     }
   }
@@ -100,7 +102,8 @@ double mean_reward(const std::vector<nlohmann::json>& recs, size_t from, size_t 
 }
 
 TEST_F(GrpoTrainerTest, RewardRisesOnATriviallyLearnableTask) {
-  const auto r = train(grpo_config("learn", {"train.steps=30", "optim.lr=1e-2", "optim.min_lr=1e-2"}));
+  const auto r =
+      train(grpo_config("learn", {"train.steps=30", "optim.lr=1e-2", "optim.min_lr=1e-2"}));
   EXPECT_EQ(r.steps, 30);
   const auto recs = step_records(run_path("learn") + "/metrics.jsonl");
   ASSERT_EQ(recs.size(), 30u);
@@ -230,6 +233,34 @@ TEST_F(GrpoTrainerTest, ConfigErrorsNameTheKey) {
   expect_config_error({"rl.beta=0.04"}, "train.init_from");
   expect_config_error({"rl.rewards=[{name: acuracy, weight: 1.0}]"}, "acuracy");
   expect_config_error({"rl.loss_agg=tokens"}, "rl.loss_agg");
+}
+
+// `moetron run`: the built-in task's data, then pretrain -> SFT -> GRPO, each stage starting
+// from the previous one; a rerun finds every stage finished and only evaluates.
+TEST_F(GrpoTrainerTest, PipelineRunsThreeStagesAndARerunResumes) {
+  const auto cfg =
+      tiny_config(dir_, "pipe",
+                  {"pipeline.pretrain_steps=2", "pipeline.sft_steps=2", "pipeline.grpo_steps=2",
+                   "pipeline.sft_warmup_steps=0", "rl.prompts_per_step=2", "rl.num_generations=4",
+                   "rl.mini_batch_size=8", "rl.micro_batch_size=4"});
+  const auto stages = run_pipeline(cfg);
+  ASSERT_EQ(stages.size(), 3u);
+  EXPECT_EQ(stages[2].stage, "grpo");
+  EXPECT_EQ(stages[2].result.steps, 2);
+  EXPECT_GT(stages[2].result.eval.total, 0);
+  const std::string grpo = run_path("pipe") + "/grpo";
+  const std::string grpo_yaml = read_text_file(grpo + "/config.yaml");
+  EXPECT_NE(grpo_yaml.find("init_from: " + run_path("pipe") + "/sft"), std::string::npos)
+      << grpo_yaml;
+  const auto table = format_stage_table(stages);
+  EXPECT_NE(table.find("grpo"), std::string::npos) << table;
+  const std::string metrics = read_text_file(grpo + "/metrics.jsonl");
+
+  const auto again = run_pipeline(cfg);
+  ASSERT_EQ(again.size(), 3u);
+  EXPECT_EQ(again[2].result.checkpoint, stages[2].result.checkpoint);
+  EXPECT_EQ(again[2].result.eval.correct, stages[2].result.eval.correct);
+  EXPECT_EQ(read_text_file(grpo + "/metrics.jsonl"), metrics);
 }
 
 }  // namespace
