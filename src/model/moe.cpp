@@ -170,24 +170,25 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x_ND, const std::vector<
       first_expert >= 0 && first_expert + static_cast<int64_t>(counts.size()) <= n_experts(),
       "experts: ", counts.size(), " counts from expert ", first_expert, " exceed the ", n_experts(),
       " stacked experts");
-  // unbind: one autograd node whose backward stacks the per-expert grads into one [E, ...]
-  // tensor (indexing per expert would allocate a full-size zero grad per expert).
+  int64_t total = 0;
+  for (const int64_t n : counts) total += n;
+  MOETRON_CHECK(total == x_ND.size(0), "experts: counts sum to ", total, " but got ", x_ND.size(0),
+                " rows");
+  // unbind and split_with_sizes: one autograd node each, whose backward writes all experts'
+  // gradients into one tensor. Indexing or narrowing per expert instead would allocate a
+  // zero-filled full-size gradient per expert ([E, I, D] for the weights, [N, D] for x).
   auto w_gate = gate_proj.unbind(0);
   auto w_up = up_proj.unbind(0);
   auto w_down = down_proj.unbind(0);
+  auto x_parts = x_ND.split_with_sizes(counts);
   std::vector<torch::Tensor> outs;
-  int64_t offset = 0;
   for (size_t i = 0; i < counts.size(); ++i) {
-    const int64_t n = counts[i];
-    if (n == 0) continue;
+    if (counts[i] == 0) continue;
     const int64_t e = first_expert + static_cast<int64_t>(i);
-    auto x_nD = x_ND.narrow(0, offset, n);
+    const auto& x_nD = x_parts[i];
     auto h_nI = torch::silu(x_nD.mm(w_gate[e].t())) * x_nD.mm(w_up[e].t());
     outs.push_back(h_nI.mm(w_down[e].t()));
-    offset += n;
   }
-  MOETRON_CHECK(offset == x_ND.size(0), "experts: counts sum to ", offset, " but got ",
-                x_ND.size(0), " rows");
   if (outs.empty()) return x_ND.new_zeros({0, gate_proj.size(2)});
   return torch::cat(outs, 0);
 }
