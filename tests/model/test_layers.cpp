@@ -35,6 +35,23 @@ TEST(RMSNorm, MatchesFormulaInDouble) {
   EXPECT_EQ(y.scalar_type(), torch::kFloat32);
 }
 
+// The hand-written backward against autograd through the formula (the norm computes in fp32
+// whatever the input dtype, hence the fp32-level tolerance).
+TEST(RMSNorm, GradientsMatchAutogradOfTheFormula) {
+  torch::manual_seed(6);
+  auto x = (torch::randn({3, 5, 8}, torch::kFloat64) * 3).requires_grad_();
+  auto w = (torch::rand({8}, torch::kFloat64) + 0.5).requires_grad_();
+  auto g = torch::randn({3, 5, 8}, torch::kFloat64);
+  rms_norm(x, w, 1e-6).backward(g);
+  auto dx = x.grad().clone(), dw = w.grad().clone();
+  x.mutable_grad().reset();
+  w.mutable_grad().reset();
+  (w * (x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6))).backward(g);
+  EXPECT_LT(max_abs_diff(dx, x.grad()), 1e-5);
+  EXPECT_LT(max_abs_diff(dw, w.grad()), 1e-5);
+  EXPECT_EQ(dx.scalar_type(), torch::kFloat64);
+}
+
 TEST(RMSNorm, Bf16CastsBeforeTheWeight) {
   torch::manual_seed(1);
   auto x = torch::randn({4, 16}).to(torch::kBFloat16);
@@ -75,6 +92,36 @@ TEST(Rope, InterleavedEqualsHfPermuteRotateHalf) {
   EXPECT_GT(max_abs_diff(ours, half), 1e-2);
   // Position 0 is the identity.
   EXPECT_LT(max_abs_diff(ours.select(1, 0), x.select(1, 0)), 1e-7);
+}
+
+// The rotation (complex multiplication for fp32/fp64) against the real pair formula, values and
+// gradients, on strided inputs: a head-major slice at an even offset (used as a complex view)
+// and at an odd one (copied first); bf16 takes the real formula and stays close.
+TEST(Rope, ComplexRotationMatchesPairFormulaWithGradients) {
+  torch::manual_seed(5);
+  RotaryEmbedding rope(8, 10000.0, std::nullopt);
+  auto ang = rope.angles(default_position_ids(2, 5, torch::kCPU), torch::kFloat64);
+  auto formula = [&](const torch::Tensor& x) {
+    auto c = ang.cos_BTR.unsqueeze(2), s = ang.sin_BTR.unsqueeze(2);
+    auto pairs = x.unflatten(-1, {4, 2});
+    auto e = pairs.select(-1, 0), o = pairs.select(-1, 1);
+    return torch::stack({e * c - o * s, e * s + o * c}, -1).flatten(-2);
+  };
+  for (const int64_t offset : {4, 3}) {
+    auto base = torch::randn({2, 5, 3, 16}, torch::kFloat64);
+    auto g = torch::randn({2, 5, 3, 8}, torch::kFloat64);
+    auto b1 = base.clone().requires_grad_(), b2 = base.clone().requires_grad_();
+    auto ours = apply_rope_interleaved(b1.narrow(-1, offset, 8), ang);
+    auto want = formula(b2.narrow(-1, offset, 8));
+    EXPECT_LT(max_abs_diff(ours, want), 1e-12) << "offset " << offset;
+    ours.backward(g);
+    want.backward(g);
+    EXPECT_LT(max_abs_diff(b1.grad(), b2.grad()), 1e-12) << "offset " << offset;
+  }
+  auto x = torch::randn({2, 5, 3, 8});
+  auto bf16 = apply_rope_interleaved(x.to(torch::kBFloat16), ang);
+  EXPECT_EQ(bf16.scalar_type(), torch::kBFloat16);
+  EXPECT_LT(max_abs_diff(bf16, formula(x.to(torch::kFloat64))), 5e-2);
 }
 
 TEST(Rope, ScoresDependOnlyOnRelativeOffset) {
