@@ -62,17 +62,20 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
     variable_list saved{q_GTK, k_GTK, v_GTV, o_BHTV};
     for (int64_t s = 0; s < T; s += block) {
       const int64_t n = std::min(block, T - s), e = s + n;
-      // scores = scale · q kᵀ over the keys this block can see; beta = 0 ignores the
-      // uninitialised `scores` passed as the addend.
+      auto q_GnK = q_GTK.narrow(1, s, n);
+      auto kt_GKe = k_GTK.narrow(1, 0, e).transpose(1, 2);
       auto scores_Gne = torch::empty({G, n, e}, q_GTK.options());
-      at::baddbmm_out(scores_Gne, scores_Gne, q_GTK.narrow(1, s, n),
-                      k_GTK.narrow(1, 0, e).transpose(1, 2), /*beta=*/0, /*alpha=*/scale);
       if (mask.allowed_BTT.defined()) {
+        // scores = scale · q kᵀ (beta = 0 ignores the uninitialised addend), then the mask.
+        at::baddbmm_out(scores_Gne, scores_Gne, q_GnK, kt_GKe, /*beta=*/0, /*alpha=*/scale);
         auto allowed_B1ne = mask.allowed_BTT.narrow(1, s, n).narrow(2, 0, e).unsqueeze(1);
         scores_Gne.view({B, H, n, e}).masked_fill_(allowed_B1ne.logical_not(), kNegInf);
       } else {
-        scores_Gne.narrow(2, s, n).masked_fill_(above_diag.narrow(0, 0, n).narrow(1, 0, n),
-                                                kNegInf);
+        // The causal mask as an additive -inf bias that the matmul adds on the way (one pass
+        // less than masking its output): scores = bias + scale · q kᵀ.
+        auto bias_ne = torch::zeros({n, e}, q_GTK.options());
+        bias_ne.narrow(1, s, n).masked_fill_(above_diag.narrow(0, 0, n).narrow(1, 0, n), kNegInf);
+        at::baddbmm_out(scores_Gne, bias_ne, q_GnK, kt_GKe, /*beta=*/1, /*alpha=*/scale);
       }
       auto probs_Gne = at::_softmax(scores_Gne, -1, /*half_to_float=*/false);
       o_GTV.narrow(1, s, n).copy_(at::bmm(probs_Gne, v_GTV.narrow(1, 0, e)));
