@@ -338,6 +338,7 @@ TEST(Attention, DispatchAndSdpaAgreement) {
        v = torch::randn({B, H, T, V});
   EXPECT_TRUE(use_blocked_attention(q));
   EXPECT_FALSE(use_blocked_attention(q.to(torch::kBFloat16)));
+  EXPECT_TRUE(use_blocked_attention(torch::empty({8, 8, 512, K})));     // moe-100m training shape
   EXPECT_FALSE(use_blocked_attention(torch::empty({1, 4, 16384, K})));  // > the memory budget
   auto sdpa = at::scaled_dot_product_attention(q, k, torch::constant_pad_nd(v, {0, K - V}),
                                                std::nullopt, 0.0, /*is_causal=*/true, 0.3)

@@ -16,10 +16,11 @@ torch::Tensor causal_attention(const torch::Tensor& q_BHTK, const torch::Tensor&
                                const torch::Tensor& v_BHTV, double scale,
                                const torch::Tensor& allowed_BTT = {});
 
-// The query-block size of the block-causal path and the most bytes of softmax probabilities it
-// keeps for backward; above that (long sequences) causal_attention takes SDPA instead.
+// The query-block size of the block-causal path and the most bytes of softmax probabilities one
+// call (one layer) may keep for backward; above that (long sequences, many heads) causal_attention
+// takes SDPA instead. 64 MiB covers moe-100m training (seq 512, batch 8: ~38 MB per layer).
 inline constexpr int64_t kAttentionBlock = 64;
-inline constexpr int64_t kBlockedAttentionMaxSavedBytes = int64_t{256} << 20;
+inline constexpr int64_t kBlockedAttentionMaxSavedBytes = int64_t{64} << 20;
 
 // Whether causal_attention takes the block-causal path for these inputs (exposed for tests).
 bool use_blocked_attention(const torch::Tensor& q_BHTK);
