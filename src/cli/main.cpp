@@ -13,6 +13,7 @@
 #include "command.h"
 #include "moetron/build_config.h"
 #include "moetron/core/error.h"
+#include "moetron/core/malloc_tuning.h"
 #include "moetron/core/signals.h"
 
 namespace moetron::cli {
@@ -92,6 +93,7 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   moetron::signals::install_interrupt_handlers();
+  moetron::tune_malloc_for_training();  // best effort: a CPU step re-faults its pages otherwise
   try {
     return moetron::cli::run(argc, argv);
   } catch (const moetron::Error& e) {

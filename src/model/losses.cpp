@@ -24,6 +24,11 @@ torch::Tensor chunk_logits(const torch::Tensor& h_nD, const torch::Tensor& w_VD,
   return inv_temp == 1.0 ? logits : logits * inv_temp;
 }
 
+// Below this many bytes of fp32 probabilities ([N, V] in total) forward keeps them for backward
+// instead of recomputing each chunk's logits there: a byte-level vocabulary (V = 320) stays far
+// below it, a real one (V ~ 1e5) only for a few hundred rows.
+constexpr int64_t kKeepProbsMaxBytes = int64_t{64} << 20;
+
 struct ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h_ND,
                                const torch::Tensor& w_VD, const torch::Tensor& targets_N,
@@ -31,20 +36,21 @@ struct ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
     // The caller already cast to the compute dtype; autocast must not re-cast here, so that
     // forward and the (autocast-free) backward recomputation see the same numerics.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    ctx->save_for_backward({h_ND, w_VD, targets_N});
-    ctx->saved_data["chunk"] = chunk;
-    ctx->saved_data["inv_temp"] = inv_temp;
-    const int64_t N = h_ND.size(0);
+    const int64_t N = h_ND.size(0), V = w_VD.size(0);
+    const bool keep_probs = N * V * int64_t{4} <= kKeepProbsMaxBytes;
+    variable_list saved{h_ND, w_VD, targets_N};
     auto out_N = torch::empty({N}, h_ND.options().dtype(torch::kFloat32));
     for (int64_t s = 0; s < N; s += chunk) {
       const int64_t n = std::min(chunk, N - s);
-      auto logits_nV = chunk_logits(h_ND.narrow(0, s, n), w_VD, inv_temp);
+      auto logp_nV = torch::log_softmax(chunk_logits(h_ND.narrow(0, s, n), w_VD, inv_temp), 1);
       auto t_n = targets_N.narrow(0, s, n);
-      auto valid_n = t_n != kIgnoreIndex;
-      auto lp_n =
-          logits_nV.gather(1, t_n.clamp_min(0).unsqueeze(1)).squeeze(1) - logits_nV.logsumexp(1);
-      out_N.narrow(0, s, n).copy_(lp_n.masked_fill(~valid_n, 0.0));
+      auto lp_n = logp_nV.gather(1, t_n.clamp_min(0).unsqueeze(1)).squeeze(1);
+      out_N.narrow(0, s, n).copy_(lp_n.masked_fill(t_n == kIgnoreIndex, 0.0));
+      if (keep_probs) saved.push_back(logp_nV.exp_());  // softmax, for backward
     }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["inv_temp"] = inv_temp;
     return out_N;
   }
 
@@ -53,19 +59,22 @@ struct ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
     const auto& h_ND = saved[0];
     const auto& w_VD = saved[1];
     const auto& targets_N = saved[2];
+    const bool kept_probs = saved.size() > 3;
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
     const double inv_temp = ctx->saved_data["inv_temp"].toDouble();
     auto g_N = grad_outputs[0].to(torch::kFloat32);
     const int64_t N = h_ND.size(0);
     auto grad_h = torch::empty_like(h_ND);
     auto grad_w = torch::zeros(w_VD.sizes(), w_VD.options().dtype(torch::kFloat32));
-    for (int64_t s = 0; s < N; s += chunk) {
+    for (int64_t s = 0, c = 0; s < N; s += chunk, ++c) {
       const int64_t n = std::min(chunk, N - s);
       auto h_nD = h_ND.narrow(0, s, n);
       auto t_n = targets_N.narrow(0, s, n);
       auto g_n = g_N.narrow(0, s, n) * (t_n != kIgnoreIndex).to(torch::kFloat32);
       // d log p_t / d z = onehot(t) - softmax(z) with z = logits / T, and dz/dlogits = 1/T.
-      auto d_nV = torch::softmax(chunk_logits(h_nD, w_VD, inv_temp), 1) * (-g_n).unsqueeze(1);
+      auto probs_nV =
+          kept_probs ? saved[3 + c] : torch::softmax(chunk_logits(h_nD, w_VD, inv_temp), 1);
+      auto d_nV = probs_nV * (-g_n).unsqueeze(1);
       d_nV.scatter_add_(1, t_n.clamp_min(0).unsqueeze(1), g_n.unsqueeze(1));
       if (inv_temp != 1.0) d_nV.mul_(inv_temp);
       auto d = d_nV.to(h_ND.scalar_type());

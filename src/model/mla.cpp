@@ -1,11 +1,12 @@
-// MLA (SPEC 1.2): materialised training path over ATen SDPA and the absorbed latent path
-// (SPEC 1.8). Per-head layouts: q_b_proj rows are [head][nope, rope], kv_b_proj rows are
-// [head][k_nope, v]; kv_a_proj_with_mqa output is [c_kv | k_pe].
+// MLA (SPEC 1.2): materialised training path (causal_attention, attention.h) and the absorbed
+// latent path (SPEC 1.8). Per-head layouts: q_b_proj rows are [head][nope, rope], kv_b_proj rows
+// are [head][k_nope, v]; kv_a_proj_with_mqa output is [c_kv | k_pe].
 #include "moetron/model/mla.h"
 
 #include <torch/torch.h>
 
 #include "moetron/core/error.h"
+#include "moetron/model/attention.h"
 
 namespace moetron::model {
 
@@ -69,18 +70,14 @@ std::pair<torch::Tensor, torch::Tensor> MlaAttentionImpl::queries(const torch::T
                                                                   const RopeAngles& rope) {
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1);
   auto q = q_proj.is_empty() ? q_b_proj(q_a_layernorm(q_a_proj(x_BTD))) : q_proj(x_BTD);
-  auto q_BTHK = q.view({B, T, H_, N_ + P_});
-  auto q_nope_BTHN = q_BTHK.narrow(-1, 0, N_);
-  auto q_pe_BTHP = apply_rope_interleaved(q_BTHK.narrow(-1, N_, P_), rope);
-  return {q_nope_BTHN, q_pe_BTHP};
+  auto q_parts = q.view({B, T, H_, N_ + P_}).split_with_sizes({N_, P_}, -1);
+  return {q_parts[0], apply_rope_interleaved(q_parts[1], rope)};
 }
 
 LatentKV MlaAttentionImpl::latent_kv(const torch::Tensor& x_BTD, const RopeAngles& rope) {
-  auto kv_a = kv_a_proj_with_mqa(x_BTD);
+  auto kv_a_parts = kv_a_proj_with_mqa(x_BTD).split_with_sizes({C_, P_}, -1);
   // Only the C latent dims are normalised; the P RoPE dims bypass kv_a_layernorm (SPEC 8.3).
-  auto c_kv_BTC = kv_a_layernorm(kv_a.narrow(-1, 0, C_));
-  auto k_pe_BTP = apply_rope_interleaved(kv_a.narrow(-1, C_, P_), rope);
-  return {c_kv_BTC, k_pe_BTP};
+  return {kv_a_layernorm(kv_a_parts[0]), apply_rope_interleaved(kv_a_parts[1], rope)};
 }
 
 torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x_BTD, const RopeAngles& rope,
@@ -91,31 +88,21 @@ torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x_BTD, const RopeAn
   auto latent = latent_kv(x_BTD, rope);
 
   auto kv_BTHK = kv_b_proj(latent.c_kv_BSC).view({B, T, H_, N_ + V_});
-  auto k_nope_BTHN = kv_BTHK.narrow(-1, 0, N_);
-  auto v_BTHV = kv_BTHK.narrow(-1, N_, V_);
+  // split, not two narrows: one backward node that writes both gradients into one tensor
+  // (each narrow's backward would allocate a zero-filled full-size gradient).
+  auto kv_parts = kv_BTHK.split_with_sizes({N_, V_}, -1);
   // The single rotated key is shared by every head (MQA-style, SPEC 1.2).
-  auto k_pe_BTHP = latent.k_pe_BSP.unsqueeze(2).expand({B, T, H_, P_});
+  auto k_pe_BHTP = latent.k_pe_BSP.unsqueeze(1).expand({B, H_, T, P_});
 
-  auto q_BHTK = torch::cat({q_nope_BTHN, q_pe_BTHP}, -1).transpose(1, 2);
-  auto k_BHTK = torch::cat({k_nope_BTHN, k_pe_BTHP}, -1).transpose(1, 2);
-  auto v_BHTV = v_BTHV.transpose(1, 2);
-  // ATen's fused (flash) attention needs one head width for q, k and v; MLA's value heads are
-  // narrower (128 vs 192 in V3). Zero-padding v to the q/k width and slicing the output back is
-  // exact (the padded columns of the output are zero) and lets SDPA take the fused kernel
-  // instead of the math path that materialises B x H x T x T scores.
-  const int64_t K = N_ + P_;
-  if (V_ < K) v_BHTV = torch::constant_pad_nd(v_BHTV, {0, K - V_});
-
-  torch::Tensor o_BHTV;
-  if (segment_ids_BT.defined()) {
-    auto allowed_B1TT = causal_segment_mask(T, segment_ids_BT, x_BTD.device()).unsqueeze(1);
-    o_BHTV = at::scaled_dot_product_attention(q_BHTK, k_BHTK, v_BHTV, allowed_B1TT, 0.0,
-                                              /*is_causal=*/false, scale_);
-  } else {
-    o_BHTV = at::scaled_dot_product_attention(q_BHTK, k_BHTK, v_BHTV, std::nullopt, 0.0,
-                                              /*is_causal=*/true, scale_);
-  }
-  if (V_ < K) o_BHTV = o_BHTV.narrow(-1, 0, V_);
+  // Concatenating the head-major views yields q and k directly in the [B, H, T, K] layout the
+  // attention wants, without another transposing copy.
+  auto q_BHTK = torch::cat({q_nope_BTHN.transpose(1, 2), q_pe_BTHP.transpose(1, 2)}, -1);
+  auto k_BHTK = torch::cat({kv_parts[0].transpose(1, 2), k_pe_BHTP}, -1);
+  auto v_BHTV = kv_parts[1].transpose(1, 2);
+  torch::Tensor allowed_BTT;
+  if (segment_ids_BT.defined())
+    allowed_BTT = causal_segment_mask(T, segment_ids_BT, x_BTD.device());
+  auto o_BHTV = causal_attention(q_BHTK, k_BHTK, v_BHTV, scale_, allowed_BTT);
   auto o_BTX = o_BHTV.transpose(1, 2).reshape({B, T, H_ * V_});
   return o_proj(o_BTX);
 }

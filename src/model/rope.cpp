@@ -101,6 +101,45 @@ RopeAngles RotaryEmbedding::angles(const torch::Tensor& position_ids_BT,
   return {cos_BTR.to(dtype), sin_BTR.to(dtype)};
 }
 
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// y = x · rot on interleaved pairs read as complex numbers (x[2j] + i·x[2j+1]); rot broadcasts.
+// Written into a fresh real tensor so the result is no view (callers may modify it in place).
+torch::Tensor rotate_pairs(const torch::Tensor& x, const torch::Tensor& rot) {
+  auto pairs = x.unflatten(-1, {x.size(-1) / 2, 2});
+  bool complex_view_ok = pairs.stride(-1) == 1 && pairs.storage_offset() % 2 == 0;
+  for (int64_t d = 0; d + 1 < pairs.dim(); ++d) complex_view_ok &= pairs.stride(d) % 2 == 0;
+  if (!complex_view_ok) pairs = pairs.contiguous();
+  auto y = torch::empty(x.sizes(), x.options());
+  auto y_complex = torch::view_as_complex(y.unflatten(-1, {x.size(-1) / 2, 2}));
+  at::mul_out(y_complex, torch::view_as_complex(pairs), rot);
+  return y;
+}
+
+// The rotation travels wrapped so autograd does not treat it as a differentiable input.
+struct Rotation {
+  torch::Tensor rot;  // complex e^{iθ}, broadcastable to x's pairs
+};
+
+// The interleaved rotation is complex multiplication by e^{iθ}: one kernel each way instead of
+// the real formula's eight elementwise ops and their backward nodes. Its backward rotates the
+// gradient back: dx = dy · e^{-iθ}.
+struct InterleavedRotation : public torch::autograd::Function<InterleavedRotation> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const Rotation& r) {
+    ctx->saved_data["rot"] = r.rot;
+    return rotate_pairs(x, r.rot);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto rot = ctx->saved_data["rot"].toTensor();
+    return {rotate_pairs(grad_outputs[0], rot.conj()), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
 torch::Tensor apply_rope_interleaved(const torch::Tensor& x, const RopeAngles& angles) {
   const int64_t P = x.size(-1);
   MOETRON_CHECK(P == 2 * angles.cos_BTR.size(-1), "apply_rope_interleaved: rope dim ", P,
@@ -113,6 +152,10 @@ torch::Tensor apply_rope_interleaved(const torch::Tensor& x, const RopeAngles& a
     cos = cos.unsqueeze(2);
     sin = sin.unsqueeze(2);
   }
+  if (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64) {
+    return InterleavedRotation::apply(x, Rotation{torch::complex(cos, sin)});
+  }
+  // No complex type for bf16: the real formula, in x's dtype.
   auto pairs = x.unflatten(-1, {P / 2, 2});
   auto x_even = pairs.select(-1, 0);
   auto x_odd = pairs.select(-1, 1);

@@ -1,9 +1,13 @@
 // RMSNorm, RoPE (interleaved == HF permute+rotate_half, YaRN oracles of SPEC 7.2), softmax
-// scales, and MLA: absorbed latent path == materialised path, incremental latent decoding.
+// scales, causal attention (block-causal path == the softmax formula, values and gradients), and
+// MLA: absorbed latent path == materialised path, incremental latent decoding.
+#include <limits>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "moetron/core/error.h"
+#include "moetron/model/attention.h"
 #include "moetron/model/mla.h"
 #include "moetron/model/rms_norm.h"
 #include "moetron/model/rope.h"
@@ -29,6 +33,23 @@ TEST(RMSNorm, MatchesFormulaInDouble) {
   auto want = norm->weight.to(torch::kFloat64) * xd / torch::sqrt(xd.pow(2).mean(-1, true) + 1e-6);
   EXPECT_LT(max_abs_diff(y, want), 1e-5);
   EXPECT_EQ(y.scalar_type(), torch::kFloat32);
+}
+
+// The hand-written backward against autograd through the formula (the norm computes in fp32
+// whatever the input dtype, hence the fp32-level tolerance).
+TEST(RMSNorm, GradientsMatchAutogradOfTheFormula) {
+  torch::manual_seed(6);
+  auto x = (torch::randn({3, 5, 8}, torch::kFloat64) * 3).requires_grad_();
+  auto w = (torch::rand({8}, torch::kFloat64) + 0.5).requires_grad_();
+  auto g = torch::randn({3, 5, 8}, torch::kFloat64);
+  rms_norm(x, w, 1e-6).backward(g);
+  auto dx = x.grad().clone(), dw = w.grad().clone();
+  x.mutable_grad().reset();
+  w.mutable_grad().reset();
+  (w * (x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6))).backward(g);
+  EXPECT_LT(max_abs_diff(dx, x.grad()), 1e-5);
+  EXPECT_LT(max_abs_diff(dw, w.grad()), 1e-5);
+  EXPECT_EQ(dx.scalar_type(), torch::kFloat64);
 }
 
 TEST(RMSNorm, Bf16CastsBeforeTheWeight) {
@@ -71,6 +92,36 @@ TEST(Rope, InterleavedEqualsHfPermuteRotateHalf) {
   EXPECT_GT(max_abs_diff(ours, half), 1e-2);
   // Position 0 is the identity.
   EXPECT_LT(max_abs_diff(ours.select(1, 0), x.select(1, 0)), 1e-7);
+}
+
+// The rotation (complex multiplication for fp32/fp64) against the real pair formula, values and
+// gradients, on strided inputs: a head-major slice at an even offset (used as a complex view)
+// and at an odd one (copied first); bf16 takes the real formula and stays close.
+TEST(Rope, ComplexRotationMatchesPairFormulaWithGradients) {
+  torch::manual_seed(5);
+  RotaryEmbedding rope(8, 10000.0, std::nullopt);
+  auto ang = rope.angles(default_position_ids(2, 5, torch::kCPU), torch::kFloat64);
+  auto formula = [&](const torch::Tensor& x) {
+    auto c = ang.cos_BTR.unsqueeze(2), s = ang.sin_BTR.unsqueeze(2);
+    auto pairs = x.unflatten(-1, {4, 2});
+    auto e = pairs.select(-1, 0), o = pairs.select(-1, 1);
+    return torch::stack({e * c - o * s, e * s + o * c}, -1).flatten(-2);
+  };
+  for (const int64_t offset : {4, 3}) {
+    auto base = torch::randn({2, 5, 3, 16}, torch::kFloat64);
+    auto g = torch::randn({2, 5, 3, 8}, torch::kFloat64);
+    auto b1 = base.clone().requires_grad_(), b2 = base.clone().requires_grad_();
+    auto ours = apply_rope_interleaved(b1.narrow(-1, offset, 8), ang);
+    auto want = formula(b2.narrow(-1, offset, 8));
+    EXPECT_LT(max_abs_diff(ours, want), 1e-12) << "offset " << offset;
+    ours.backward(g);
+    want.backward(g);
+    EXPECT_LT(max_abs_diff(b1.grad(), b2.grad()), 1e-12) << "offset " << offset;
+  }
+  auto x = torch::randn({2, 5, 3, 8});
+  auto bf16 = apply_rope_interleaved(x.to(torch::kBFloat16), ang);
+  EXPECT_EQ(bf16.scalar_type(), torch::kBFloat16);
+  EXPECT_LT(max_abs_diff(bf16, formula(x.to(torch::kFloat64))), 5e-2);
 }
 
 TEST(Rope, ScoresDependOnlyOnRelativeOffset) {
@@ -231,6 +282,70 @@ TEST(Mla, AbsorbedRejectsBadMask) {
   auto ang = rope.angles(default_position_ids(1, 3, torch::kCPU), torch::kFloat32);
   auto cache = attn->latent_kv(x, ang);
   EXPECT_THROW(attn->forward_absorbed(x, ang, cache, torch::ones({1, 3, 2}, torch::kBool)), Error);
+}
+
+// softmax(q kᵀ · scale) v over the allowed [B, T, T] pairs, by the formula (autograd backward).
+torch::Tensor attention_formula(const torch::Tensor& q, const torch::Tensor& k,
+                                const torch::Tensor& v, double scale,
+                                const torch::Tensor& allowed_BTT) {
+  auto scores = torch::matmul(q, k.transpose(-1, -2)) * scale;
+  scores = scores.masked_fill(allowed_BTT.logical_not().unsqueeze(1),
+                              -std::numeric_limits<double>::infinity());
+  return torch::matmul(torch::softmax(scores, -1), v);
+}
+
+// Values and q/k/v gradients of the block-causal path against the formula, in fp64 so that any
+// difference is a bug, not round-off: plain causal and with segments, T not a multiple of the
+// block (a short last block), value heads narrower than q/k heads.
+TEST(Attention, BlockCausalMatchesFormulaWithGradients) {
+  torch::manual_seed(3);
+  const int64_t B = 2, H = 3, T = 37, K = 6, V = 4;
+  const double scale = 0.4;
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  auto q = torch::randn({B, H, T, K}, opts), k = torch::randn({B, H, T, K}, opts);
+  auto v = torch::randn({B, H, T, V}, opts), g = torch::randn({B, H, T, V}, opts);
+  auto causal = causal_segment_mask(T, {}, torch::kCPU).expand({B, T, T});
+  auto segments = torch::cat({torch::zeros({B, 20}), torch::ones({B, T - 20})}, 1);
+  auto segmented = causal_segment_mask(T, segments.to(torch::kInt64), torch::kCPU);
+  for (const bool use_segments : {false, true}) {
+    auto allowed = use_segments ? segmented : causal;
+    std::vector<torch::Tensor> grads[2];
+    torch::Tensor outs[2];
+    for (int path = 0; path < 2; ++path) {
+      auto qi = q.clone().requires_grad_(), ki = k.clone().requires_grad_();
+      auto vi = v.clone().requires_grad_();
+      outs[path] = path == 0 ? attention_formula(qi, ki, vi, scale, allowed)
+                             : blocked_causal_attention(qi, ki, vi, scale,
+                                                        use_segments ? segmented : torch::Tensor(),
+                                                        /*block=*/8);
+      outs[path].backward(g);
+      grads[path] = {qi.grad(), ki.grad(), vi.grad()};
+    }
+    EXPECT_LT(max_abs_diff(outs[0], outs[1]), 1e-12) << "segments " << use_segments;
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_LT(max_abs_diff(grads[0][i], grads[1][i]), 1e-12)
+          << "segments " << use_segments << " grad " << i;
+    }
+  }
+}
+
+// causal_attention (whichever path it takes) equals SDPA's result; the block-causal path is
+// chosen for fp32 CPU inputs of moderate size only.
+TEST(Attention, DispatchAndSdpaAgreement) {
+  torch::manual_seed(4);
+  const int64_t B = 2, H = 2, T = 130, K = 8, V = 6;
+  auto q = torch::randn({B, H, T, K}), k = torch::randn({B, H, T, K}),
+       v = torch::randn({B, H, T, V});
+  EXPECT_TRUE(use_blocked_attention(q));
+  EXPECT_FALSE(use_blocked_attention(q.to(torch::kBFloat16)));
+  EXPECT_TRUE(use_blocked_attention(torch::empty({8, 8, 512, K})));     // moe-100m training shape
+  EXPECT_FALSE(use_blocked_attention(torch::empty({1, 4, 16384, K})));  // > the memory budget
+  auto sdpa = at::scaled_dot_product_attention(q, k, torch::constant_pad_nd(v, {0, K - V}),
+                                               std::nullopt, 0.0, /*is_causal=*/true, 0.3)
+                  .narrow(-1, 0, V);
+  EXPECT_LT(max_abs_diff(causal_attention(q, k, v, 0.3), sdpa), 1e-5);
+  EXPECT_THROW(causal_attention(q, k, v.narrow(2, 0, T - 1), 0.3), Error);
+  EXPECT_THROW(causal_attention(q, k, v, 0.3, torch::ones({B, T, T})), Error);  // not bool
 }
 
 }  // namespace

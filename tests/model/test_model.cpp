@@ -532,6 +532,31 @@ TEST(ChunkedLoss, ValuesAndGradsMatchFullLogits) {
   EXPECT_GT(max_abs_diff(got_t, want), 1e-3) << "temperature had no effect";
 }
 
+// Above 64 MiB of logits the backward recomputes each chunk's logits instead of keeping the
+// softmax (the small case above keeps it): same values and gradients as full logits.
+TEST(ChunkedLoss, RecomputingBackwardForLargeLogits) {
+  torch::manual_seed(22);
+  const int64_t N = 1030, D = 4, V = 16400;  // 1030 x 16400 fp32 logits = 67.6 MB
+  auto h = torch::randn({N, D}).requires_grad_(true);
+  auto w = torch::randn({V, D}).requires_grad_(true);
+  auto t = torch::randint(0, V, {N}, torch::kInt64);
+  t[5] = kIgnoreIndex;
+  auto weights = torch::linspace(0.5, 2.0, N);
+  auto logp = torch::log_softmax(h.mm(w.t()), 1).gather(1, t.clamp_min(0).unsqueeze(1)).squeeze(1);
+  auto want = logp.masked_fill(t == kIgnoreIndex, 0.0);
+  (want * weights).sum().backward();
+  auto gh = h.grad().clone(), gw = w.grad().clone();
+  for (int64_t chunk : {512, 4096}) {
+    h.mutable_grad().zero_();
+    w.mutable_grad().zero_();
+    auto got = chunked_token_logprobs(h, w, t, chunk);
+    EXPECT_LT(max_abs_diff(got, want), 1e-4) << chunk;
+    (got * weights).sum().backward();
+    EXPECT_LT(max_abs_diff(h.grad(), gh), 1e-4) << chunk;
+    EXPECT_LT(max_abs_diff(w.grad(), gw), 1e-4) << chunk;
+  }
+}
+
 TEST(ChunkedLoss, ModelLossAndGradsIndependentOfLogitsPath) {
   auto cfg = testing::tiny_config();
   auto m = make_model(cfg);

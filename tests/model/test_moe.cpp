@@ -201,11 +201,56 @@ TEST_P(GroupedExperts, EqualNaiveLoopValuesAndGrads) {
     (y * torch::linspace(-1, 1, y.numel()).view(y.sizes())).sum().backward();
     return std::vector<torch::Tensor>{xi.grad().clone(), moe->experts->gate_proj.grad().clone(),
                                       moe->experts->down_proj.grad().clone(),
-                                      moe->gate->weight.grad().clone()};
+                                      moe->gate->weight.grad().clone(),
+                                      moe->experts->up_proj.grad().clone()};
   };
   auto a = grads(true), b = grads(false);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_LT(max_abs_diff(a[i], b[i]), 1e-5) << "grad " << i;
   EXPECT_GT(a[3].abs().sum().item<double>(), 0.0);  // router learns through the weights
+}
+
+// A slice of the stacked experts (what an expert-parallel rank computes: counts for experts
+// first..first+3, one of them empty) against autograd through a per-expert loop, in fp64;
+// experts outside the slice or without rows get zero gradients.
+TEST(GroupedExperts, ExpertSliceMatchesAutogradLoopInDouble) {
+  torch::manual_seed(12);
+  Experts ex(6, 5, 3);
+  ex->to(torch::kFloat64);
+  ex->reset_parameters(0.5);
+  const std::vector<int64_t> counts{4, 0, 3};
+  const int64_t first = 2, N = 7;
+  auto x = torch::randn({N, 5}, torch::kFloat64);
+  auto g = torch::randn({N, 5}, torch::kFloat64);
+  auto run = [&](bool grouped) {
+    ex->zero_grad();
+    auto xi = x.clone().requires_grad_(true);
+    torch::Tensor y;
+    if (grouped) {
+      y = ex(xi, counts, first);
+    } else {
+      std::vector<torch::Tensor> outs;
+      int64_t start = 0;
+      for (size_t i = 0; i < counts.size(); ++i) {
+        const int64_t e = first + static_cast<int64_t>(i), n = counts[i];
+        auto x_n = xi.narrow(0, start, n);
+        auto h = torch::silu(x_n.mm(ex->gate_proj[e].t())) * x_n.mm(ex->up_proj[e].t());
+        outs.push_back(h.mm(ex->down_proj[e].t()));
+        start += n;
+      }
+      y = torch::cat(outs);
+    }
+    (y * g).sum().backward();
+    return std::vector<torch::Tensor>{y.detach(), xi.grad(), ex->gate_proj.grad().clone(),
+                                      ex->up_proj.grad().clone(), ex->down_proj.grad().clone()};
+  };
+  auto a = run(true), b = run(false);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_LT(max_abs_diff(a[i], b[i]), 1e-12) << i;
+  for (const int64_t e : {0, 1, 3, 5}) {
+    EXPECT_EQ(a[2][e].abs().sum().item<double>(), 0.0) << e;
+    EXPECT_EQ(a[4][e].abs().sum().item<double>(), 0.0) << e;
+  }
+  EXPECT_GT(a[3][2].abs().sum().item<double>(), 0.0);
+  EXPECT_THROW(ex->forward(x, {4, 0, 2}, first), Error);  // counts do not cover the rows
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, GroupedExperts,

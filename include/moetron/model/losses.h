@@ -1,6 +1,7 @@
 // Memory-lean language-model head losses: per-token log-probabilities computed a chunk of rows
 // at a time, with a backward that recomputes each chunk's logits, so neither forward nor
-// backward ever holds the full [N, V] logits.
+// backward ever holds the full [N, V] logits. Only when all of them are small (at most 64 MiB
+// in fp32, e.g. a byte-level vocabulary) does forward keep the softmax for backward instead.
 #pragma once
 
 #include <torch/types.h>

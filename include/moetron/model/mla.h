@@ -38,8 +38,9 @@ class MlaAttentionImpl : public torch::nn::Module {
  public:
   explicit MlaAttentionImpl(const config::Config& cfg);
 
-  // Training path: K/V materialised per head, causal attention (ATen SDPA, fp32 softmax
-  // inside). segment_ids_BT (optional, integer) confines attention to equal ids.
+  // Training path: K/V materialised per head, causal attention (attention.h: SDPA, or the
+  // block-causal path on CPU; fp32 softmax). segment_ids_BT (optional, integer) confines
+  // attention to equal ids.
   torch::Tensor forward(const torch::Tensor& x_BTD, const RopeAngles& rope,
                         const torch::Tensor& segment_ids_BT = {});
 

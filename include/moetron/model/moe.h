@@ -112,7 +112,8 @@ class ExpertsImpl : public torch::nn::Module {
  public:
   ExpertsImpl(int64_t n_experts, int64_t hidden, int64_t intermediate);
   // x_ND grouped by expert (counts[i] rows for expert first_expert + i) -> y_ND, same order.
-  // One mm per non-empty expert over its contiguous slice.
+  // One autograd node: one mm per non-empty expert and projection over its contiguous rows,
+  // the SwiGLU elementwise ops once over all rows, a hand-written backward (moe.cpp).
   torch::Tensor forward(const torch::Tensor& x_ND, const std::vector<int64_t>& counts,
                         int64_t first_expert = 0);
   void reset_parameters(double std);
