@@ -129,6 +129,11 @@ void check_rl(const Config& c) {
                          ") must be >= 2 when train.stage is grpo: advantages compare a group");
   }
   for (size_t i = 0; i < r.rewards.size(); ++i) {
+    // Names are checked against the verifier registry by the GRPO trainer (programs may
+    // register their own); here only that there is one.
+    MOETRON_CHECK_CONFIG(!r.rewards[i].name.empty(), "rl.rewards[", i,
+                         "].name is empty: name a verifier (accuracy, format, countdown, "
+                         "language, overlong)");
     for (size_t j = 0; j < i; ++j) {
       MOETRON_CHECK_CONFIG(r.rewards[i].name != r.rewards[j].name, "rl.rewards[", i,
                            "].name repeats rl.rewards[", j, "].name ('", r.rewards[i].name, "')");

@@ -143,7 +143,7 @@ TEST(Config, ValidateChecksFieldRangesOfConfigsBuiltInCode) {
   EXPECT_EQ(config_error([&] { validate(c); }), "moe.n_group: expected an integer >= 1, got 0");
   c = Config{};
   c.rl.rewards = {{"", 1.0}};
-  EXPECT_NE(config_error([&] { validate(c); }).find("rl.rewards[0].name: expected one of"),
+  EXPECT_NE(config_error([&] { validate(c); }).find("rl.rewards[0].name is empty"),
             std::string::npos);
   c = Config{};
   c.train.device = "tpu";
