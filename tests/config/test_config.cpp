@@ -142,9 +142,10 @@ TEST(Config, ValidateChecksFieldRangesOfConfigsBuiltInCode) {
   c.moe.n_group = 0;
   EXPECT_EQ(config_error([&] { validate(c); }), "moe.n_group: expected an integer >= 1, got 0");
   c = Config{};
-  c.rl.rewards = {{"", 1.0}};
-  EXPECT_NE(config_error([&] { validate(c); }).find("rl.rewards[0].name: expected one of"),
-            std::string::npos);
+  // Verifier names are an open set (programs register their own, rewards/reward.h): the config
+  // takes any name; building the reward function rejects unknown ones.
+  c.rl.rewards = {{"my_verifier", 1.0}};
+  EXPECT_NO_THROW(validate(c));
   c = Config{};
   c.train.device = "tpu";
   EXPECT_EQ(config_error([&] { validate(c); }),
