@@ -37,6 +37,7 @@ void add_config_args(CLI::App& app, const std::shared_ptr<ConfigArgs>& args, boo
 Run setup_bench(CLI::App& app);
 Run setup_config(CLI::App& app);
 Run setup_data(CLI::App& app);
+Run setup_distill(CLI::App& app);
 Run setup_eval(CLI::App& app);
 Run setup_generate(CLI::App& app);
 Run setup_reward(CLI::App& app);

@@ -12,6 +12,8 @@ const std::vector<Command>& commands() {
       {"eval", "Held-out loss and task accuracy of a checkpoint", setup_eval},
       {"generate", "Sample completions of chat prompts from a checkpoint", setup_generate},
       {"reward", "Score completions with the configured verifiable rewards", setup_reward},
+      {"distill", "Rejection sampling: keep verified samples of a model as SFT data",
+       setup_distill},
       {"data", "Built-in task data: moetron data make TASK --out DIR", setup_data},
       {"config", "Print the resolved config (or the config reference) and check it", setup_config},
       {"tokenize", "Encode JSONL text to token ids (or decode ids) with a tokenizer",
