@@ -5,9 +5,9 @@ namespace moetron::cli {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> all = {
-      {"run", "The whole recipe on the built-in task: data, pretrain, SFT, per-stage eval",
+      {"run", "The whole recipe on the built-in task: data, pretrain, SFT, GRPO, per-stage eval",
        setup_run},
-      {"train", "Train one stage (train.stage: pretrain | sft) with checkpoints and resume",
+      {"train", "Train one stage (train.stage: pretrain | sft | grpo) with checkpoints and resume",
        setup_train},
       {"eval", "Held-out loss and task accuracy of a checkpoint", setup_eval},
       {"generate", "Sample completions of chat prompts from a checkpoint", setup_generate},
