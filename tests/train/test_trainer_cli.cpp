@@ -40,6 +40,7 @@ class TrainerCliTest : public ScratchTest {
     // run in this process and one in a child do the same arithmetic.
     ::setenv("OMP_NUM_THREADS", "1", 1);
   }
+  void expect_sigterm_resume(const std::vector<std::string>& common, int64_t kSteps);
 };
 
 // Starts `moetron args...` in `cwd` without waiting (a shell that execs the binary, so the pid
@@ -76,10 +77,9 @@ std::vector<std::string> cli_args(const std::vector<std::string>& overrides) {
   return args;
 }
 
-TEST_F(TrainerCliTest, SigtermSavesAndTheSameCommandResumesExactly) {
-  constexpr int64_t kSteps = 60;
-  std::vector<std::string> common = {str_cat("train.steps=", kSteps), "train.grad_accum_steps=2",
-                                     "ckpt.save_every=20", "data.task_size=40"};
+// SIGTERM in the middle of `moetron train`, then the same command: the run resumes from the
+// checkpoint the interrupt saved and ends bit-identical to an uninterrupted run.
+void TrainerCliTest::expect_sigterm_resume(const std::vector<std::string>& common, int64_t kSteps) {
   auto overrides = fast_overrides(dir_, "run");
   overrides.insert(overrides.end(), common.begin(), common.end());
   overrides.push_back("log.level=info");  // "resumed from" is an info line
@@ -144,6 +144,20 @@ TEST_F(TrainerCliTest, SigtermSavesAndTheSameCommandResumesExactly) {
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(without_timing(b[i]), without_timing(a[i])) << "step " << i + 1;
   }
+}
+
+TEST_F(TrainerCliTest, SigtermSavesAndTheSameCommandResumesExactly) {
+  expect_sigterm_resume(
+      {"train.steps=60", "train.grad_accum_steps=2", "ckpt.save_every=20", "data.task_size=40"},
+      60);
+}
+
+TEST_F(TrainerCliTest, GrpoSigtermSavesAndTheSameCommandResumesExactly) {
+  // GRPO on the built-in arithmetic RL prompts with the default rewards (accuracy, format).
+  expect_sigterm_resume({"train.stage=grpo", "train.steps=40", "ckpt.save_every=10",
+                         "rl.prompts_per_step=2", "rl.num_generations=4", "rl.mini_batch_size=4",
+                         "rl.micro_batch_size=4", "data.task_size=40"},
+                        40);
 }
 
 // Exit code 2 (config error) and the directory named on stderr when a run directory belongs to
