@@ -50,8 +50,8 @@ void write_plots(const std::vector<train::StageResult>& stages) {
     return;
   }
   for (const auto& s : stages) {
-    const std::string cmd = str_cat("'", python, "' '", script, "' '", s.result.run_dir,
-                                    "' > /dev/null 2>&1");
+    const std::string cmd =
+        str_cat("'", python, "' '", script, "' '", s.result.run_dir, "' > /dev/null 2>&1");
     if (std::system(cmd.c_str()) == 0) {
       std::cout << "plots: " << s.result.run_dir << "/plots\n";
     } else {
@@ -66,7 +66,8 @@ Run setup_run(CLI::App& app) {
   auto args = std::make_shared<ConfigArgs>();
   auto no_plots = std::make_shared<bool>(false);
   add_config_args(app, args, true);
-  app.add_flag("--no-plots", *no_plots, "Do not draw the stages' metrics (scripts/plot_metrics.py)");
+  app.add_flag("--no-plots", *no_plots,
+               "Do not draw the stages' metrics (scripts/plot_metrics.py)");
   return [args, no_plots]() {
     auto cfg = config::load_file(args->path, args->overrides);
     auto stages = train::run_pipeline(cfg);

@@ -149,8 +149,10 @@ void check_run(const Config& c) {
   const auto& ops = c.data.task_ops;
   bool distinct = !ops.empty() && ops.find_first_not_of("+-*") == std::string::npos;
   for (size_t i = 0; distinct && i < ops.size(); ++i) distinct = ops.find(ops[i]) == i;
-  MOETRON_CHECK_CONFIG(distinct, "data.task_ops: expected distinct characters of \"+-*\" (e.g. "
-                       "\"+-\"), got \"", ops, "\"");
+  MOETRON_CHECK_CONFIG(distinct,
+                       "data.task_ops: expected distinct characters of \"+-*\" (e.g. "
+                       "\"+-\"), got \"",
+                       ops, "\"");
 }
 
 }  // namespace

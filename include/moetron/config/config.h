@@ -164,8 +164,8 @@ struct RlConfig {
   double temperature = 1.0;
   double top_p = 1.0;
   int64_t top_k = 0;
-  int64_t overlong_buffer = 0;  // DAPO L_cache; 0 disables shaping
-  bool overlong_filter = false;  // DAPO overlong filtering: truncated completions get no loss
+  int64_t overlong_buffer = 0;      // DAPO L_cache; 0 disables shaping
+  bool overlong_filter = false;     // DAPO overlong filtering: truncated completions get no loss
   int64_t max_sampling_rounds = 4;  // dynamic sampling: generation rounds per step at most
   bool r1_zero = false;
   std::vector<RewardTerm> rewards = {{"accuracy", 1.0}, {"format", 0.1}};

@@ -17,9 +17,9 @@ namespace moetron::rewards {
 // written as their text, e.g. "<think>"), without the prompt.
 struct Sample {
   std::string completion;
-  std::string answer;     // the reference answer (a number, a LaTeX expression, an expression)
-  std::string task;       // "arithmetic" | "countdown" | "math" | "" (= math)
-  std::string prompt;     // optional; verifiers that need the question's data read it
+  std::string answer;       // the reference answer (a number, a LaTeX expression, an expression)
+  std::string task;         // "arithmetic" | "countdown" | "math" | "" (= math)
+  std::string prompt;       // optional; verifiers that need the question's data read it
   int64_t num_tokens = -1;  // completion length in tokens; -1: unknown (overlong then uses bytes)
   bool truncated = false;   // generation hit max_new_tokens without a stop token
 };
@@ -28,10 +28,10 @@ struct Sample {
 struct RewardContext {
   std::string think_open = "<think>";
   std::string think_close = "</think>";
-  bool answer_tags = false;      // R1-Zero template: the answer must be inside <answer></answer>
-  int64_t max_new_tokens = 0;    // DAPO L_max (generation budget)
-  int64_t overlong_buffer = 0;   // DAPO L_cache; 0 disables the overlong term
-  std::string language = "en";   // language-consistency target
+  bool answer_tags = false;     // R1-Zero template: the answer must be inside <answer></answer>
+  int64_t max_new_tokens = 0;   // DAPO L_max (generation budget)
+  int64_t overlong_buffer = 0;  // DAPO L_cache; 0 disables the overlong term
+  std::string language = "en";  // language-consistency target
 };
 
 // A rule-based verifier: one named reward component.
@@ -52,7 +52,7 @@ std::vector<std::string> verifier_names();
 std::unique_ptr<Verifier> make_verifier(const std::string& name, const RewardContext& context);
 
 struct Score {
-  double total = 0;                                         // sum of weight * component
+  double total = 0;                                        // sum of weight * component
   std::vector<std::pair<std::string, double>> components;  // unweighted, in config order
 };
 

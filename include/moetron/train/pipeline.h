@@ -1,6 +1,6 @@
 // `moetron run`: the DeepSeek-R1 recipe in one command on the built-in task (or the configured
-// data): make the task data, pretrain, cold-start SFT, GRPO, evaluate after each stage. Every stage is
-// a normal training run under runs/<log.name>/<stage>, so rerunning resumes where it stopped.
+// data): make the task data, pretrain, cold-start SFT, GRPO, evaluate after each stage. Every stage
+// is a normal training run under runs/<log.name>/<stage>, so rerunning resumes where it stopped.
 #pragma once
 
 #include <string>
