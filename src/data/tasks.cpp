@@ -88,6 +88,11 @@ const std::vector<std::string>& task_names() {
   return names;
 }
 
+TaskDataOptions task_options(const config::Config& cfg) {
+  return task_options(cfg.data, static_cast<uint64_t>(cfg.data.shuffle_seed), cfg.sft.think_open,
+                      cfg.sft.think_close);
+}
+
 TaskDataOptions task_options(const config::DataConfig& data, uint64_t seed,
                              const std::string& think_open, const std::string& think_close) {
   TaskDataOptions o;

@@ -35,9 +35,7 @@ std::vector<EvalPrompt> load_eval_prompts(const config::Config& cfg, int64_t n) 
     }
     return out;
   }
-  auto task = data::generate_task_data(
-      cfg.data.task, data::task_options(cfg.data, static_cast<uint64_t>(cfg.data.shuffle_seed),
-                                        cfg.sft.think_open, cfg.sft.think_close));
+  auto task = data::generate_task_data(cfg.data.task, data::task_options(cfg));
   for (const auto& line : task.eval) {
     if (static_cast<int64_t>(out.size()) >= n) break;
     auto rec = nlohmann::json::parse(line);

@@ -14,7 +14,6 @@
 #include <cmath>
 #include <fstream>
 #include <numeric>
-#include <random>
 
 #include "moetron/ckpt/train_checkpoint.h"
 #include "moetron/config/loader.h"
@@ -23,6 +22,7 @@
 #include "moetron/core/timer.h"
 #include "moetron/data/chat_template.h"
 #include "moetron/data/dataset.h"
+#include "moetron/data/loader.h"
 #include "moetron/data/tasks.h"
 #include "moetron/optim/optimizer.h"
 #include "moetron/optim/schedule.h"
@@ -52,9 +52,7 @@ std::vector<data::RlPrompt> load_rl_prompts(const config::Config& cfg) {
     }
     return prompts;
   }
-  auto task = data::generate_task_data(
-      cfg.data.task, data::task_options(cfg.data, static_cast<uint64_t>(cfg.data.shuffle_seed),
-                                        cfg.sft.think_open, cfg.sft.think_close));
+  auto task = data::generate_task_data(cfg.data.task, data::task_options(cfg));
   std::vector<data::RlPrompt> prompts;
   for (size_t i = 0; i < task.rl.size(); ++i) {
     prompts.push_back(
@@ -63,34 +61,29 @@ std::vector<data::RlPrompt> load_rl_prompts(const config::Config& cfg) {
   return prompts;
 }
 
-// Prompts in a seeded order, reshuffled every epoch; {epoch, cursor} is the resumable state.
+// Prompts in the data loader's seeded per-epoch order (data::shuffled_order); {epoch, cursor}
+// is the resumable state.
 class PromptStream {
  public:
-  PromptStream(int64_t n, uint64_t seed) : n_(n), seed_(seed) { shuffle(); }
+  PromptStream(int64_t n, int64_t seed)
+      : n_(n), seed_(seed), order_(data::shuffled_order(n, seed, 0)) {}
   int64_t next() {
     if (cursor_ == n_) {
       ++epoch_;
       cursor_ = 0;
-      shuffle();
+      order_ = data::shuffled_order(n_, seed_, epoch_);
     }
     return order_[cursor_++];
   }
   nlohmann::json state() const { return {{"epoch", epoch_}, {"cursor", cursor_}}; }
   void restore(const nlohmann::json& s) {
     epoch_ = s.at("epoch").get<int64_t>();
-    shuffle();
+    order_ = data::shuffled_order(n_, seed_, epoch_);
     cursor_ = std::clamp<int64_t>(s.at("cursor").get<int64_t>(), 0, n_);
   }
 
  private:
-  void shuffle() {
-    order_.resize(n_);
-    std::iota(order_.begin(), order_.end(), 0);
-    std::mt19937_64 rng(seed_ * 1000003 + static_cast<uint64_t>(epoch_));
-    std::shuffle(order_.begin(), order_.end(), rng);
-  }
-  int64_t n_;
-  uint64_t seed_;
+  int64_t n_, seed_;
   int64_t epoch_ = 0, cursor_ = 0;
   std::vector<int64_t> order_;
 };
@@ -101,11 +94,11 @@ struct Sample {
   int64_t prompt_len = 0;
   rl::Completion completion;
   rewards::Score score;
-  bool truncated = false;
   double advantage = 0;
   bool in_loss = true;               // false: masked out (overlong filtering)
   torch::Tensor old_logp, ref_logp;  // fp32 [completion length], on the device
   int64_t completion_len() const { return static_cast<int64_t>(completion.ids.size()); }
+  bool truncated() const { return !completion.stopped; }  // hit max_new_tokens
 };
 
 // One micro-batch as tensors: right-padded ids and, over the shifted positions [B, L-1], the
@@ -240,8 +233,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
   const auto prompts = load_rl_prompts(cfg);
   MOETRON_CHECK_CONFIG(!prompts.empty(), "no RL prompts (data.train_path '", cfg.data.train_path,
                        "')");
-  PromptStream stream(static_cast<int64_t>(prompts.size()),
-                      static_cast<uint64_t>(cfg.data.shuffle_seed));
+  PromptStream stream(static_cast<int64_t>(prompts.size()), cfg.data.shuffle_seed);
   data::ChatTemplate chat(tokenizer, chat_options(cfg));
   auto sampling = sampling_options(cfg, tokenizer);
 
@@ -290,7 +282,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     std::vector<Sample> samples;  // kept groups, G consecutive samples each
     std::vector<double> all_rewards, all_lengths;
     std::vector<std::vector<double>> all_components(reward_names.size());
-    double entropy_tokens = 0, truncated = 0, pass1 = 0, passG = 0;
+    double entropy_tokens = 0, n_truncated = 0, pass1 = 0, passG = 0;
     int64_t groups_sampled = 0, gen_tokens = 0, rounds = 0;
     double gen_s = 0, reward_s = 0;
     while (static_cast<int64_t>(samples.size()) < P * G && rounds < rl_cfg.max_sampling_rounds) {
@@ -321,16 +313,15 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           s.prompt_len = static_cast<int64_t>(batch[gi * G].size());
           s.ids = batch[gi * G];
           s.ids.insert(s.ids.end(), s.completion.ids.begin(), s.completion.ids.end());
-          s.truncated = !s.completion.stopped;
           rewards::Sample rs;
           rs.completion = completion_text(tokenizer, s.completion);
           rs.answer = prompt.answer;
           rs.task = prompt.task;
           rs.prompt = prompt.prompt;
           rs.num_tokens = s.completion_len();
-          rs.truncated = s.truncated;
+          rs.truncated = s.truncated();
           s.score = reward_fn.score(rs);
-          s.in_loss = !(rl_cfg.overlong_filter && s.truncated);
+          s.in_loss = !(rl_cfg.overlong_filter && s.truncated());
           group_rewards.push_back(s.score.total);
           all_rewards.push_back(s.score.total);
           for (size_t c = 0; c < reward_names.size(); ++c) {
@@ -338,7 +329,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           }
           if (acc_index >= 0 && s.score.components[acc_index].second > 0.5) ++correct;
           all_lengths.push_back(static_cast<double>(s.completion_len()));
-          truncated += s.truncated ? 1 : 0;
+          n_truncated += s.truncated() ? 1 : 0;
           gen_tokens += s.completion_len();
           for (float e : s.completion.entropies) entropy_tokens += e;
         }
@@ -391,12 +382,10 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     auto stats = torch::zeros({rl::kNumStats}, torch::kDouble);
     double ratio_max = 0, grad_norm = 0, lr = 0;
     int64_t skipped_updates = 0;
-    std::mt19937_64 order_rng(static_cast<uint64_t>(cfg.train.seed) +
-                              7919u * static_cast<uint64_t>(step));
     for (int64_t epoch = 0; epoch < rl_cfg.ppo_epochs && n_samples > 0; ++epoch) {
-      std::vector<int64_t> order(n_samples);
-      std::iota(order.begin(), order.end(), 0);
-      if (n_minis > 1 || rl_cfg.ppo_epochs > 1) std::shuffle(order.begin(), order.end(), order_rng);
+      // Mini-batches draw from a fresh seeded order each pass (distinct per step and epoch).
+      const auto order =
+          data::shuffled_order(n_samples, cfg.train.seed, step * rl_cfg.ppo_epochs + epoch);
       for (int64_t m0 = 0; m0 < n_samples; m0 += mini) {
         std::vector<int64_t> rows(order.begin() + m0,
                                   order.begin() + std::min<int64_t>(m0 + mini, n_samples));
@@ -469,7 +458,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
         {"response_length_mean", mean_of(all_lengths)},
         {"response_length_max",
          all_lengths.empty() ? 0.0 : *std::max_element(all_lengths.begin(), all_lengths.end())},
-        {"truncation_ratio", all_lengths.empty() ? 0.0 : truncated / all_lengths.size()},
+        {"truncation_ratio", all_lengths.empty() ? 0.0 : n_truncated / all_lengths.size()},
         {"entropy", gen_tokens > 0 ? entropy_tokens / static_cast<double>(gen_tokens) : 0.0},
         {"groups_sampled", groups_sampled},
         {"groups_kept", n_samples / G},

@@ -21,10 +21,7 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
   std::string data_dir = (root / "data").string();
   if (builtin) {
     if (!fs::exists(fs::path(data_dir) / "meta.json")) {
-      data::make_task_data(
-          cfg.data.task, data_dir,
-          data::task_options(cfg.data, static_cast<uint64_t>(cfg.data.shuffle_seed),
-                             cfg.sft.think_open, cfg.sft.think_close));
+      data::make_task_data(cfg.data.task, data_dir, data::task_options(cfg));
       log::info("wrote built-in task '", cfg.data.task, "' data to ", data_dir);
     }
     base.data.eval_path = data_dir + "/eval.jsonl";
@@ -32,38 +29,37 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
 
   std::vector<StageResult> out;
   std::string previous;  // run directory of the previous stage
+  // One stage: `base` with the stage's own steps / schedule, in runs/<name>/<stage>, starting
+  // from the previous stage's weights, on the built-in task's `data_file` when there is one.
+  auto run_stage = [&](const char* name, config::Config c, config::Stage stage, int64_t steps,
+                       const char* data_file) {
+    c.train.stage = stage;
+    c.train.steps = steps;
+    c.log.name = name;
+    if (!previous.empty()) c.train.init_from = previous;
+    if (builtin) c.data.train_path = data_dir + "/" + data_file;
+    log::info("=== stage ", name, ": ", steps, " steps",
+              stage == config::Stage::kGrpo && c.rl.r1_zero ? " (R1-Zero)" : "",
+              previous.empty() ? "" : " from ", previous);
+    out.push_back({name, train(c)});
+    previous = out.back().result.run_dir;
+  };
   if (cfg.pipeline.pretrain_steps > 0) {
     config::Config c = base;
-    c.train.stage = config::Stage::kPretrain;
-    c.train.steps = cfg.pipeline.pretrain_steps;
-    c.optim.warmup_steps = std::min(c.optim.warmup_steps, c.train.steps);
-    c.log.name = "pretrain";
-    if (builtin) c.data.train_path = data_dir + "/pretrain.jsonl";
-    log::info("=== stage pretrain: ", c.train.steps, " steps");
-    out.push_back({"pretrain", train(c)});
-    previous = out.back().result.run_dir;
+    c.optim.warmup_steps = std::min(c.optim.warmup_steps, cfg.pipeline.pretrain_steps);
+    run_stage("pretrain", c, config::Stage::kPretrain, cfg.pipeline.pretrain_steps,
+              "pretrain.jsonl");
   }
   if (cfg.pipeline.sft_steps > 0) {
     config::Config c = base;
-    c.train.stage = config::Stage::kSft;
-    c.train.steps = cfg.pipeline.sft_steps;
     c.optim.lr = cfg.pipeline.sft_lr;
     c.optim.min_lr = cfg.pipeline.sft_min_lr;
     c.optim.warmup_steps = cfg.pipeline.sft_warmup_steps;
-    c.log.name = "sft";
-    if (!previous.empty()) c.train.init_from = previous;
-    if (builtin) c.data.train_path = data_dir + "/sft.jsonl";
-    log::info("=== stage sft: ", c.train.steps, " steps", previous.empty() ? "" : " from ",
-              previous);
-    out.push_back({"sft", train(c)});
-    previous = out.back().result.run_dir;
+    run_stage("sft", c, config::Stage::kSft, cfg.pipeline.sft_steps, "sft.jsonl");
   }
   if (cfg.pipeline.grpo_steps > 0) {
-    // GRPO after SFT (R1), or straight from the pretrained model with the R1-Zero template
-    // (R1-Zero) when SFT is skipped.
+    // GRPO after SFT (R1), or straight from the pretrained model (R1-Zero) when SFT is skipped.
     config::Config c = base;
-    c.train.stage = config::Stage::kGrpo;
-    c.train.steps = cfg.pipeline.grpo_steps;
     c.optim.lr = cfg.pipeline.grpo_lr;
     c.optim.min_lr = cfg.pipeline.grpo_min_lr;
     c.optim.warmup_steps = cfg.pipeline.grpo_warmup_steps;
@@ -72,12 +68,7 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
           "GRPO without SFT uses the R1 chat template; set rl.r1_zero: true for the "
           "R1-Zero template a base model can follow");
     }
-    c.log.name = "grpo";
-    if (!previous.empty()) c.train.init_from = previous;
-    if (builtin) c.data.train_path = data_dir + "/rl.jsonl";
-    log::info("=== stage grpo: ", c.train.steps, " steps", c.rl.r1_zero ? " (R1-Zero)" : "",
-              previous.empty() ? "" : " from ", previous);
-    out.push_back({"grpo", train(c)});
+    run_stage("grpo", c, config::Stage::kGrpo, cfg.pipeline.grpo_steps, "rl.jsonl");
   }
   MOETRON_CHECK_CONFIG(!out.empty(),
                        "pipeline.pretrain_steps, sft_steps and grpo_steps are all 0: "

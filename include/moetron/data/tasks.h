@@ -47,6 +47,10 @@ TaskDataOptions task_options(const config::DataConfig& data, uint64_t seed,
                              const std::string& think_open = "<think>",
                              const std::string& think_close = "</think>");
 
+// The built-in task of a whole config: data.task_*, seeded by data.shuffle_seed, with the SFT
+// think tags. What `moetron run`, GRPO and eval generate, so they all see the same problems.
+TaskDataOptions task_options(const config::Config& cfg);
+
 // "arithmetic" and "countdown".
 const std::vector<std::string>& task_names();
 
