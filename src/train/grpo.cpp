@@ -102,9 +102,10 @@ struct Sample {
 };
 
 // One micro-batch as tensors: right-padded ids and, over the shifted positions [B, L-1], the
-// completion mask and the stored old / reference log-probs.
+// completion tokens, the loss mask (completion tokens of samples in the loss), the sampler's
+// log-probs and the stored old / reference log-probs.
 struct MicroBatch {
-  torch::Tensor ids_BL, mask_BT, old_BT, ref_BT, adv_B;
+  torch::Tensor ids_BL, completion_BT, mask_BT, sampler_BT, old_BT, ref_BT, adv_B;
 };
 
 MicroBatch make_micro_batch(const std::vector<Sample>& samples, const std::vector<int64_t>& rows,
@@ -113,7 +114,8 @@ MicroBatch make_micro_batch(const std::vector<Sample>& samples, const std::vecto
   int64_t L = 0;
   for (int64_t r : rows) L = std::max<int64_t>(L, static_cast<int64_t>(samples[r].ids.size()));
   auto ids = torch::zeros({B, L}, torch::kLong);
-  auto mask = torch::zeros({B, L - 1}, torch::kFloat32);
+  auto completion = torch::zeros({B, L - 1}, torch::kBool);
+  auto sampler = torch::zeros({B, L - 1}, torch::kFloat32);
   auto adv = torch::zeros({B}, torch::kFloat32);
   for (int64_t b = 0; b < B; ++b) {
     const auto& s = samples[rows[b]];
@@ -121,12 +123,19 @@ MicroBatch make_micro_batch(const std::vector<Sample>& samples, const std::vecto
         .narrow(0, 0, static_cast<int64_t>(s.ids.size()))
         .copy_(torch::tensor(s.ids, torch::kLong));
     // Completion token k sits at position prompt_len + k; its log-prob at index that - 1.
-    if (s.in_loss) mask[b].narrow(0, s.prompt_len - 1, s.completion_len()).fill_(1.0f);
+    completion[b].narrow(0, s.prompt_len - 1, s.completion_len()).fill_(true);
+    sampler[b]
+        .narrow(0, s.prompt_len - 1, s.completion_len())
+        .copy_(torch::tensor(s.completion.logprobs, torch::kFloat32));
     adv[b] = s.advantage;
   }
   MicroBatch m;
   m.ids_BL = ids.to(device);
-  m.mask_BT = mask.to(device);
+  m.completion_BT = completion.to(device);
+  auto in_loss = torch::zeros({B, 1}, torch::kBool);
+  for (int64_t b = 0; b < B; ++b) in_loss[b] = samples[rows[b]].in_loss;
+  m.mask_BT = (completion & in_loss).to(torch::kFloat32).to(device);
+  m.sampler_BT = sampler.to(device);
   m.adv_B = adv.to(device);
   auto place = [&](torch::Tensor Sample::*field) {
     auto out = torch::zeros({B, L - 1}, torch::TensorOptions().device(device));
@@ -369,18 +378,15 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     const bool stored_old = rl_cfg.ppo_epochs > 1 || n_minis > 1;
     if (stored_old) store_logprobs(model, samples, micro, cfg, device, &Sample::old_logp);
     if (rl_cfg.beta > 0) store_logprobs(reference, samples, micro, cfg, device, &Sample::ref_logp);
-    double logp_diff_max = 0;
-    auto note_diff = [&](const Sample& s, const torch::Tensor& trainer_lp) {
-      if (s.completion_len() == 0) return;
-      auto sampler = torch::tensor(s.completion.logprobs, torch::kFloat32);
-      const double d = (sampler - trainer_lp.detach().cpu()).abs().max().item<double>();
-      logp_diff_max = std::max(logp_diff_max, d);
-    };
-    if (stored_old) {
-      for (const auto& s : samples) note_diff(s, s.old_logp);
-    }
-    auto stats = torch::zeros({rl::kNumStats}, torch::kDouble);
-    double ratio_max = 0, grad_norm = 0, lr = 0;
+    // Step statistics stay on the device and are read once after the updates (no host sync per
+    // micro-batch): loss-token sums, the largest ratio, and the largest |sampler - trainer|
+    // log-prob gap of π_θold over the completion tokens (measured in the first pass, which
+    // visits every completion once).
+    auto stats_dev =
+        torch::zeros({rl::kNumStats}, torch::TensorOptions(torch::kDouble).device(device));
+    auto ratio_max_dev = torch::zeros({}, stats_dev.options());
+    auto logp_diff_dev = torch::zeros({}, torch::TensorOptions().device(device));
+    double grad_norm = 0, lr = 0;
     int64_t skipped_updates = 0;
     for (int64_t epoch = 0; epoch < rl_cfg.ppo_epochs && n_samples > 0; ++epoch) {
       // Mini-batches draw from a fresh seeded order each pass (distinct per step and epoch).
@@ -411,20 +417,16 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
             AutocastGuard autocast(device, cfg.train.dtype);
             logp = model->token_logprobs(mb.ids_BL, {}, {}, 256, cfg.rl.temperature);
           }
-          if (!stored_old) {
-            mb.old_BT = logp.detach();
-            for (size_t b = 0; b < mrows.size(); ++b) {
-              const auto& s = samples[mrows[b]];
-              note_diff(
-                  s, logp[static_cast<int64_t>(b)].narrow(0, s.prompt_len - 1, s.completion_len()));
-            }
+          if (!stored_old) mb.old_BT = logp.detach();
+          if (epoch == 0) {
+            auto gap = (mb.old_BT - mb.sampler_BT).abs().masked_fill(~mb.completion_BT, 0).max();
+            logp_diff_dev = torch::maximum(logp_diff_dev, gap);
           }
           auto out =
               rl::policy_loss(logp, mb.old_BT, mb.ref_BT, mb.adv_B, mb.mask_BT, loss_opts, norm);
           out.loss.backward();
-          auto st = out.stats.cpu();
-          ratio_max = std::max(ratio_max, st[rl::kStatRatioMax].item<double>());
-          stats += st;
+          stats_dev += out.stats;
+          ratio_max_dev = torch::maximum(ratio_max_dev, out.stats[rl::kStatRatioMax]);
         }
         const auto clip = optim::clip_grad_norm(session.params, cfg.optim.grad_clip);
         grad_norm = clip.total_norm;
@@ -449,6 +451,9 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     const double adv_mean = mean_of(advs);
     for (double a : advs) adv_sd += (a - adv_mean) * (a - adv_mean);
     adv_sd = advs.size() > 1 ? std::sqrt(adv_sd / static_cast<double>(advs.size() - 1)) : 0;
+    const auto stats = stats_dev.cpu();
+    const double ratio_max = ratio_max_dev.item<double>();
+    const double logp_diff_max = logp_diff_dev.item<double>();
     const double tokens = std::max(1.0, stats[rl::kStatTokens].item<double>());
     const double reward_mean = mean_of(all_rewards);
     result.last_loss = reward_mean;

@@ -155,6 +155,9 @@ TEST_F(GrpoTrainerTest, MetricsRecordsAreComplete) {
   // policy that sampled, so they match the sampler.
   EXPECT_EQ(r.at("optimizer_steps").get<int64_t>(), 4);
   EXPECT_LT(r.at("logp_diff_max").get<double>(), 1e-4);
+  // It is measured, not a constant: the cached decode (absorbed MLA) and the trainer's full
+  // forward round differently in fp32.
+  EXPECT_GT(r.at("logp_diff_max").get<double>(), 0.0);
   EXPECT_GT(r.at("entropy").get<double>(), 0.0);
   EXPECT_NEAR(r.at("advantage_mean").get<double>(), 0.0, 1e-6);
 }
