@@ -10,19 +10,15 @@
 #include "moetron/core/error.h"
 #include "moetron/data/tasks.h"
 #include "moetron/rewards/math_answer.h"
+#include "text_util.h"
 
 namespace moetron::rewards {
 namespace {
 
-bool is_blank(std::string_view s) {
-  return s.find_first_not_of(" \t\r\n\f") == std::string_view::npos;
-}
+using detail::trim;
 
-std::string trim(std::string_view s) {
-  const size_t b = s.find_first_not_of(" \t\r\n\f");
-  if (b == std::string_view::npos) return {};
-  const size_t e = s.find_last_not_of(" \t\r\n\f");
-  return std::string(s.substr(b, e - b + 1));
+bool is_blank(std::string_view s) {
+  return trim(s).empty();
 }
 
 size_t count(std::string_view s, std::string_view what) {
