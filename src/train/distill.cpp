@@ -177,14 +177,6 @@ DistillSummary distill(model::DeepseekV3ForCausalLM& model, const config::Config
   std::optional<Component> format;
   if (options.require_format) format.emplace("format", names, context);
 
-  auto sample_of = [&](const data::RlPrompt& p, std::string completion) {
-    rewards::Sample s;
-    s.completion = std::move(completion);
-    s.answer = p.answer;
-    s.task = p.task;
-    s.prompt = p.prompt;
-    return s;
-  };
   auto scored = [&](size_t i, const rewards::Sample& s, auto&& f) {
     try {
       return f(s);
@@ -196,7 +188,7 @@ DistillSummary distill(model::DeepseekV3ForCausalLM& model, const config::Config
   // in seconds, not after hours of generation.
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].task.empty()) prompts[i].task = cfg.data.task;
-    const auto s = sample_of(prompts[i], "");
+    const auto s = reward_sample(prompts[i], "");
     scored(i, s, [&](const rewards::Sample& x) {
       const auto score = reward_fn.score(x);
       verify.value(score, x);
@@ -223,14 +215,11 @@ DistillSummary distill(model::DeepseekV3ForCausalLM& model, const config::Config
     }
     const int64_t first = b * options.batch_prompts;
     const int64_t last = std::min(n, first + options.batch_prompts);
-    std::vector<std::vector<int64_t>> batch;
-    for (int64_t i = first; i < last; ++i) {
-      auto ids = prompt_ids(chat, prompts[static_cast<size_t>(i)].prompt);
-      for (int64_t g = 0; g < k; ++g) batch.push_back(ids);
-    }
+    std::vector<std::string> texts;
+    for (int64_t i = first; i < last; ++i) texts.push_back(prompts[static_cast<size_t>(i)].prompt);
     sampling.seed = options.seed * 1000003u + static_cast<uint64_t>(b);
     Stopwatch gen_clock;
-    const auto completions = rl::generate(model, batch, sampling);
+    const auto sampled = sample_groups(model, chat, texts, k, sampling);
     sum.gen_seconds += gen_clock.seconds();
 
     std::vector<DistillRecord> records;
@@ -239,11 +228,12 @@ DistillSummary distill(model::DeepseekV3ForCausalLM& model, const config::Config
       std::vector<DistillCandidate> candidates(static_cast<size_t>(k));
       int64_t correct = 0;
       for (int64_t g = 0; g < k; ++g) {
-        const auto& comp = completions[static_cast<size_t>((i - first) * k + g)];
+        const auto& comp =
+            sampled[static_cast<size_t>(i - first)].completions[static_cast<size_t>(g)];
         auto& c = candidates[static_cast<size_t>(g)];
         c.num_tokens = static_cast<int64_t>(comp.ids.size());
         c.stopped = comp.stopped;
-        auto s = sample_of(p, completion_text(tokenizer, comp));
+        auto s = reward_sample(p, completion_text(tokenizer, comp));
         s.num_tokens = c.num_tokens;
         s.truncated = !c.stopped;
         scored(static_cast<size_t>(i), s, [&](const rewards::Sample& x) {

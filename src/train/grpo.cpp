@@ -297,18 +297,17 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     while (static_cast<int64_t>(samples.size()) < P * G && rounds < rl_cfg.max_sampling_rounds) {
       const int64_t need = P - static_cast<int64_t>(samples.size()) / G;
       std::vector<int64_t> picked;
-      std::vector<std::vector<int64_t>> batch;
+      std::vector<std::string> texts;
       for (int64_t i = 0; i < need; ++i) {
         picked.push_back(stream.next());
-        auto ids = prompt_ids(chat, prompts[picked.back()].prompt);
-        for (int64_t g = 0; g < G; ++g) batch.push_back(ids);
+        texts.push_back(prompts[picked.back()].prompt);
       }
       // Seeded per (seed, step, round): a resumed run samples what the uninterrupted one did.
       sampling.seed = static_cast<uint64_t>(cfg.train.seed) * 1000003u +
                       static_cast<uint64_t>(step) * 64u + static_cast<uint64_t>(rounds);
       ++rounds;
       Stopwatch gen_clock;
-      auto completions = rl::generate(model, batch, sampling);
+      auto sampled = sample_groups(model, chat, texts, G, sampling);
       gen_s += gen_clock.seconds();
       Stopwatch reward_clock;
       for (int64_t gi = 0; gi < need; ++gi) {
@@ -318,15 +317,11 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
         int64_t correct = 0;
         for (int64_t g = 0; g < G; ++g) {
           auto& s = group[g];
-          s.completion = std::move(completions[gi * G + g]);
-          s.prompt_len = static_cast<int64_t>(batch[gi * G].size());
-          s.ids = batch[gi * G];
+          s.completion = std::move(sampled[gi].completions[g]);
+          s.prompt_len = static_cast<int64_t>(sampled[gi].prompt_ids.size());
+          s.ids = sampled[gi].prompt_ids;
           s.ids.insert(s.ids.end(), s.completion.ids.begin(), s.completion.ids.end());
-          rewards::Sample rs;
-          rs.completion = completion_text(tokenizer, s.completion);
-          rs.answer = prompt.answer;
-          rs.task = prompt.task;
-          rs.prompt = prompt.prompt;
+          auto rs = reward_sample(prompt, completion_text(tokenizer, s.completion));
           rs.num_tokens = s.completion_len();
           rs.truncated = s.truncated();
           s.score = reward_fn.score(rs);

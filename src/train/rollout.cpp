@@ -1,6 +1,8 @@
 // Prompt rendering, sampling options and completion text (see rollout.h).
 #include "moetron/train/rollout.h"
 
+#include <iterator>
+
 namespace moetron::train {
 
 std::vector<int64_t> prompt_ids(const data::ChatTemplate& chat, const std::string& prompt) {
@@ -20,6 +22,35 @@ rl::SamplingOptions sampling_options(const config::Config& cfg, const data::Toke
     return tokenizer.decode(std::vector<int32_t>(ids.begin(), ids.end()), false);
   };
   return o;
+}
+
+std::vector<SampledGroup> sample_groups(model::DeepseekV3ForCausalLM& model,
+                                        const data::ChatTemplate& chat,
+                                        const std::vector<std::string>& prompts, int64_t k,
+                                        const rl::SamplingOptions& sampling) {
+  std::vector<SampledGroup> groups(prompts.size());
+  std::vector<std::vector<int64_t>> batch;
+  batch.reserve(prompts.size() * static_cast<size_t>(k));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    groups[i].prompt_ids = prompt_ids(chat, prompts[i]);
+    for (int64_t g = 0; g < k; ++g) batch.push_back(groups[i].prompt_ids);
+  }
+  auto completions = rl::generate(model, batch, sampling);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto first = completions.begin() + static_cast<int64_t>(i) * k;
+    groups[i].completions.assign(std::make_move_iterator(first),
+                                 std::make_move_iterator(first + k));
+  }
+  return groups;
+}
+
+rewards::Sample reward_sample(const data::RlPrompt& prompt, std::string completion) {
+  rewards::Sample s;
+  s.completion = std::move(completion);
+  s.answer = prompt.answer;
+  s.task = prompt.task;
+  s.prompt = prompt.prompt;
+  return s;
 }
 
 std::string completion_text(const data::Tokenizer& tokenizer, const rl::Completion& completion) {

@@ -9,7 +9,10 @@
 
 #include "moetron/config/config.h"
 #include "moetron/data/chat_template.h"
+#include "moetron/data/dataset.h"
 #include "moetron/data/tokenizer.h"
+#include "moetron/model/model.h"
+#include "moetron/rewards/reward.h"
 #include "moetron/rl/generate.h"
 
 namespace moetron::train {
@@ -22,6 +25,20 @@ std::vector<int64_t> prompt_ids(const data::ChatTemplate& chat, const std::strin
 // R1-Zero template (rl.r1_zero) also at "</answer>". The decode function keeps a reference to
 // `tokenizer`.
 rl::SamplingOptions sampling_options(const config::Config& cfg, const data::Tokenizer& tokenizer);
+
+// k completions of each prompt, all from one batched rl::generate call (the cost is one batch
+// of prompts.size() x k rows, finished rows dropped as they stop).
+struct SampledGroup {
+  std::vector<int64_t> prompt_ids;
+  std::vector<rl::Completion> completions;  // k of them
+};
+std::vector<SampledGroup> sample_groups(model::DeepseekV3ForCausalLM& model,
+                                        const data::ChatTemplate& chat,
+                                        const std::vector<std::string>& prompts, int64_t k,
+                                        const rl::SamplingOptions& sampling);
+
+// What the verifiers score for `prompt` and a completion text (num_tokens / truncated unset).
+rewards::Sample reward_sample(const data::RlPrompt& prompt, std::string completion);
 
 // The completion's text with special tokens written out (the verifiers read </think> and
 // <answer>), without a final eos.
