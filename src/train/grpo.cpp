@@ -265,14 +265,9 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
   result.run_dir = session.run.root;
   if (session.resume_from) result.checkpoint = *session.resume_from;
   auto save = [&](int64_t at_step) {
-    ckpt::TrainState state;
-    state.step = at_step;
-    state.loader_state = stream.state().dump();
-    state.extra = {{"optimizer_steps", updates}, {"last_reward", result.last_loss}};
-    state.config_yaml = session.yaml;
-    result.checkpoint = ckpt::save_train_checkpoint(session.run.checkpoints, *model, *optimizer,
-                                                    state, cfg.ckpt.keep_last);
-    log::info("saved ", result.checkpoint);
+    result.checkpoint =
+        save_checkpoint(session, at_step, stream.state().dump(),
+                        {{"optimizer_steps", updates}, {"last_reward", result.last_loss}});
   };
 
   PhaseMemory memory(device);

@@ -91,6 +91,19 @@ Session open_session(const config::Config& cfg_in, const TrainOptions& options) 
   return s;
 }
 
+std::string save_checkpoint(Session& session, int64_t step, std::string loader_state,
+                            nlohmann::json extra) {
+  ckpt::TrainState state;
+  state.step = step;
+  state.loader_state = std::move(loader_state);
+  state.extra = std::move(extra);
+  state.config_yaml = session.yaml;
+  auto path = ckpt::save_train_checkpoint(session.run.checkpoints, *session.model,
+                                          *session.optimizer, state, session.cfg.ckpt.keep_last);
+  log::info("saved ", path);
+  return path;
+}
+
 void stop_if_interrupted(int64_t step, const std::function<std::string()>& save) {
   if (!signals::interrupt_requested()) return;
   const std::string checkpoint = save();

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <functional>
 #include <memory>
@@ -45,6 +46,11 @@ struct Session {
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::vector<torch::Tensor> params;  // the trainable parameters (for clipping)
 };
+
+// Writes runs/<name>/checkpoints/step-<step> (model, AdamW, the config text and the stage's own
+// loader state and extras), keeping ckpt.keep_last; logs and returns its path.
+std::string save_checkpoint(Session& session, int64_t step, std::string loader_state,
+                            nlohmann::json extra);
 
 // Validates the config, decides the resume checkpoint (ckpt.resume: auto | none | path), opens
 // runs/<log.name>, builds the model (seeded with train.seed) and loads train.init_from unless

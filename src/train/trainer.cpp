@@ -54,7 +54,6 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   Stopwatch wall;
   Session session = open_session(cfg_in, options);
   const config::Config& cfg = session.cfg;
-  const std::string& yaml = session.yaml;
   const torch::Device device = session.device;
   const RunDir& run = session.run;
   const auto& resume_from = session.resume_from;
@@ -95,15 +94,9 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   result.run_dir = run.root;
   if (resume_from) result.checkpoint = *resume_from;  // until a new one is written
   auto save = [&](int64_t at_step) {
-    ckpt::TrainState state;
-    state.step = at_step;
-    state.loader_state = loader.state();
-    state.extra = {
-        {"bad_steps", bad_steps}, {"tokens_seen", tokens_seen}, {"last_loss", result.last_loss}};
-    state.config_yaml = yaml;
-    result.checkpoint =
-        ckpt::save_train_checkpoint(run.checkpoints, *model, *optimizer, state, cfg.ckpt.keep_last);
-    log::info("saved ", result.checkpoint);
+    result.checkpoint = save_checkpoint(
+        session, at_step, loader.state(),
+        {{"bad_steps", bad_steps}, {"tokens_seen", tokens_seen}, {"last_loss", result.last_loss}});
   };
 
   const int64_t start_step = step;
