@@ -43,6 +43,9 @@
 namespace moetron::train {
 namespace {
 
+// Positions per chunk of the vocabulary projection in token_logprobs (x the micro-batch rows).
+constexpr int64_t kLogprobChunk = 256;
+
 // The RL prompts: data.train_path (JSONL {"prompt","answer","task"}) or the built-in task's.
 std::vector<data::RlPrompt> load_rl_prompts(const config::Config& cfg) {
   if (!cfg.data.train_path.empty()) {
@@ -162,7 +165,7 @@ void store_logprobs(model::DeepseekV3ForCausalLM& model, std::vector<Sample>& sa
     torch::Tensor lp;
     {
       AutocastGuard autocast(device, cfg.train.dtype);
-      lp = model->token_logprobs(mb.ids_BL, {}, {}, 256, cfg.rl.temperature);
+      lp = model->token_logprobs(mb.ids_BL, {}, {}, kLogprobChunk, cfg.rl.temperature);
     }
     for (size_t b = 0; b < rows.size(); ++b) {
       auto& smp = samples[rows[b]];
@@ -405,7 +408,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           torch::Tensor logp;
           {
             AutocastGuard autocast(device, cfg.train.dtype);
-            logp = model->token_logprobs(mb.ids_BL, {}, {}, 256, cfg.rl.temperature);
+            logp = model->token_logprobs(mb.ids_BL, {}, {}, kLogprobChunk, cfg.rl.temperature);
           }
           if (!stored_old) mb.old_BT = logp.detach();
           if (epoch == 0) {

@@ -218,7 +218,6 @@ TEST_F(GrpoTrainerTest, KlToAFrozenReferenceStartsAtZero) {
   ASSERT_EQ(recs.size(), 3u);
   EXPECT_EQ(recs[0].at("kl").get<double>(), 0.0);  // policy == reference at the first update
   EXPECT_GT(recs[2].at("kl").get<double>(), 0.0);
-  (void)r;
 }
 
 TEST_F(GrpoTrainerTest, ConfigErrorsNameTheKey) {
