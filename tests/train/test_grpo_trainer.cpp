@@ -212,8 +212,7 @@ TEST_F(GrpoTrainerTest, DynamicSamplingDropsGroupsWithoutSignal) {
 TEST_F(GrpoTrainerTest, KlToAFrozenReferenceStartsAtZero) {
   // The reference is the starting policy: a pretrain checkpoint of the same tiny model.
   const auto base = train(tiny_config(dir_, "base", {"train.steps=1", "optim.warmup_steps=0"}));
-  const auto r = train(
-      grpo_config("kl", {"train.steps=3", "rl.beta=0.1", "train.init_from=" + base.checkpoint}));
+  train(grpo_config("kl", {"train.steps=3", "rl.beta=0.1", "train.init_from=" + base.checkpoint}));
   const auto recs = step_records(run_path("kl") + "/metrics.jsonl");
   ASSERT_EQ(recs.size(), 3u);
   EXPECT_EQ(recs[0].at("kl").get<double>(), 0.0);  // policy == reference at the first update
