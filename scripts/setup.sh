@@ -25,7 +25,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 # ---- Debian packages ---------------------------------------------------------------------
 debs=(build-essential cmake ninja-build ccache pkg-config python3-venv
       libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
-      libicu-dev libgtest-dev libgmock-dev)
+      libicu-dev libgtest-dev libgmock-dev libgloo-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -166,6 +166,18 @@ void ExpertsImpl::reset_parameters(double std) {
   down_proj.normal_(0.0, std);
 }
 
+void ExpertsImpl::shard(int64_t first, int64_t count, int64_t total) {
+  MOETRON_CHECK(first_ == 0 && total_ < 0, "experts: already sharded");
+  MOETRON_CHECK(total == n_experts() && first >= 0 && count > 0 && first + count <= total,
+                "experts: cannot keep experts [", first, ", ", first + count, ") of ", n_experts());
+  torch::NoGradGuard no_grad;
+  for (auto* p : {&gate_proj, &up_proj, &down_proj}) {
+    p->set_data(p->narrow(0, first, count).clone());
+  }
+  first_ = first;
+  total_ = total;
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;

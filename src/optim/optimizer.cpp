@@ -67,9 +67,14 @@ ClipResult clip_grad_norm(const std::vector<torch::Tensor>& params, double max_n
   for (const auto& p : params) {
     if (p.grad().defined()) norms.push_back(p.grad().detach().to(torch::kFloat).norm(2));
   }
+  if (norms.empty()) return {};
+  return clip_to_norm(params, torch::stack(norms).norm(2).item<double>(), max_norm);  // 1 sync
+}
+
+ClipResult clip_to_norm(const std::vector<torch::Tensor>& params, double total_norm,
+                        double max_norm) {
   ClipResult result;
-  if (norms.empty()) return result;
-  result.total_norm = torch::stack(norms).norm(2).item<double>();  // one host sync
+  result.total_norm = total_norm;
   result.finite = std::isfinite(result.total_norm);
   if (!result.finite || max_norm <= 0 || result.total_norm <= max_norm) return result;
   const double scale = max_norm / (result.total_norm + 1e-6);

@@ -117,11 +117,22 @@ class ExpertsImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x_ND, const std::vector<int64_t>& counts,
                         int64_t first_expert = 0);
   void reset_parameters(double std);
-  int64_t n_experts() const { return gate_proj.size(0); }
+  int64_t n_experts() const { return gate_proj.size(0); }  // stacked here (local under EP)
+
+  // Expert parallelism: keep only experts [first, first + count) of the `total` stacked now
+  // (the same parameter tensors, resized in place, so optimizers built later see the slices).
+  void shard(int64_t first, int64_t count, int64_t total);
+  // Placement of the stacked experts in the model's full expert list (0 and n_experts()
+  // unless sharded). Checkpoints record it, so a layout saved at one ep loads at another.
+  int64_t first_expert() const { return first_; }
+  int64_t total_experts() const { return total_ < 0 ? n_experts() : total_; }
 
   torch::Tensor gate_proj;  // [E, I, D]
   torch::Tensor up_proj;    // [E, I, D]
   torch::Tensor down_proj;  // [E, D, I]
+
+ private:
+  int64_t first_ = 0, total_ = -1;
 };
 TORCH_MODULE(Experts);
 

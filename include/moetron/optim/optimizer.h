@@ -43,5 +43,8 @@ struct ClipResult {
 // Global L2 norm of the gradients; scales them to max_norm when larger (max_norm <= 0: only
 // measures). Non-finite norms are reported, not clipped, so the trainer can skip the step.
 ClipResult clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// The same given the norm (computed elsewhere, e.g. over several ranks' gradient shards).
+ClipResult clip_to_norm(const std::vector<torch::Tensor>& params, double total_norm,
+                        double max_norm);
 
 }  // namespace moetron::optim

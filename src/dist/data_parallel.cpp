@@ -1,0 +1,121 @@
+// Data-parallel gradient reduction in flat buckets, the global gradient norm, reduced counts and
+// metrics.
+#include "moetron/dist/data_parallel.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <unordered_set>
+
+#include "moetron/core/error.h"
+
+namespace moetron::dist {
+
+ParamSplit split_parameters(model::DeepseekV3ForCausalLM& model) {
+  std::unordered_set<const void*> expert_params;
+  ParamSplit split;
+  for (auto& moe : model->moe_layers()) {
+    for (auto& p : moe->experts->parameters()) {
+      if (!p.requires_grad()) continue;
+      expert_params.insert(p.unsafeGetTensorImpl());
+      split.experts.push_back(p);
+    }
+  }
+  for (auto& p : model->parameters()) {
+    if (p.requires_grad() && !expert_params.count(p.unsafeGetTensorImpl())) {
+      split.replicated.push_back(p);
+    }
+  }
+  return split;
+}
+
+DataParallel::DataParallel(Comm& comm, model::DeepseekV3ForCausalLM& model, double bucket_mb)
+    : comm_(comm),
+      params_(split_parameters(model)),
+      bucket_bytes_(std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024 * 1024))) {}
+
+void DataParallel::reduce_buckets(std::vector<torch::Tensor>& params, Group& group,
+                                  const std::string& what) {
+  if (params.empty()) return;
+  const double inv_world = 1.0 / static_cast<double>(comm_.world_size());
+  torch::NoGradGuard no_grad;
+  // Buckets of consecutive parameters with one dtype and device, up to bucket_bytes_ each; the
+  // order is the parameters' order, the same on every rank.
+  size_t i = 0;
+  int64_t bucket = 0;
+  while (i < params.size()) {
+    std::vector<torch::Tensor> grads;
+    int64_t bytes = 0;
+    const auto options = params[i].options();
+    while (i < params.size() && params[i].dtype() == options.dtype() &&
+           params[i].device() == options.device() && (grads.empty() || bytes < bucket_bytes_)) {
+      auto& p = params[i];
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      grads.push_back(p.grad());
+      bytes += p.numel() * p.element_size();
+      ++i;
+    }
+    std::vector<torch::Tensor> flat_parts;
+    for (auto& g : grads) flat_parts.push_back(g.reshape(-1));
+    auto flat = torch::cat(flat_parts);
+    if (group.size() > 1) group.all_reduce(flat, ReduceOp::kSum, str_cat(what, " #", bucket));
+    flat.mul_(inv_world);
+    int64_t at = 0;
+    for (auto& g : grads) {
+      g.copy_(flat.narrow(0, at, g.numel()).view_as(g));
+      at += g.numel();
+    }
+    ++bucket;
+  }
+}
+
+void DataParallel::all_reduce_gradients() {
+  if (!comm_.distributed()) return;
+  reduce_buckets(params_.replicated, comm_.world(), "gradients");
+  reduce_buckets(params_.experts, comm_.dp(), "expert gradients");
+}
+
+optim::ClipResult DataParallel::clip_grad_norm(double max_norm) {
+  auto sq = [](const std::vector<torch::Tensor>& ps, const torch::Tensor& like) {
+    auto acc = torch::zeros({}, like.options().dtype(torch::kDouble));
+    for (const auto& p : ps) {
+      if (p.grad().defined()) acc += p.grad().detach().to(torch::kDouble).pow(2).sum();
+    }
+    return acc;
+  };
+  std::vector<torch::Tensor> all = params_.replicated;
+  all.insert(all.end(), params_.experts.begin(), params_.experts.end());
+  if (all.empty()) return {};
+  auto rep = sq(params_.replicated, all[0]);
+  auto exp = sq(params_.experts, all[0]);
+  // Replicated gradients are equal on every rank after the reduction; each expert shard is
+  // counted once by summing over the expert-parallel group.
+  comm_.ep().all_reduce(exp, ReduceOp::kSum, "gradient norm");
+  const double total = std::sqrt((rep + exp).item<double>());
+  return optim::clip_to_norm(all, total, max_norm);
+}
+
+torch::Tensor DataParallel::global_counts(const torch::Tensor& counts_ME) {
+  if (!comm_.distributed() || !counts_ME.defined()) return counts_ME;
+  auto c = counts_ME.contiguous().clone();
+  comm_.world().all_reduce(c, ReduceOp::kSum, "expert counts");
+  return c;
+}
+
+std::vector<double> DataParallel::mean(const std::vector<double>& values,
+                                       const std::string& what) {
+  if (!comm_.distributed() || values.empty()) return values;
+  auto t = torch::tensor(values, torch::kDouble).to(comm_.device());
+  comm_.world().all_reduce(t, ReduceOp::kSum, what);
+  t = t.cpu() / static_cast<double>(comm_.world_size());
+  return {t.data_ptr<double>(), t.data_ptr<double>() + t.numel()};
+}
+
+int64_t DataParallel::sum(int64_t value, const std::string& what) {
+  if (!comm_.distributed()) return value;
+  auto t = torch::tensor({value}, torch::kInt64).to(comm_.device());
+  comm_.world().all_reduce(t, ReduceOp::kSum, what);
+  return t.cpu().item<int64_t>();
+}
+
+}  // namespace moetron::dist
