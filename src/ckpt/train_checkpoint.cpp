@@ -179,6 +179,34 @@ std::string valid_list_text(const std::string& checkpoints_dir) {
   return text;
 }
 
+std::string shard_file(const char* kind, int64_t index, int64_t count) {
+  return str_cat(kind, ".experts-", index, "-of-", count, ".safetensors");
+}
+
+std::string rank_rng_file(int64_t rank) { return str_cat("rng.rank-", rank, ".safetensors"); }
+
+// The model or optimizer tensors of a verified checkpoint, shards included.
+std::shared_ptr<detail::TensorSource> tensor_source(const std::string& checkpoint_dir,
+                                                    const nlohmann::json& manifest,
+                                                    const char* kind, const char* main_file) {
+  std::vector<detail::TensorSource::Shard> shards;
+  const std::string manifest_path = join(checkpoint_dir, kManifestFile);
+  if (manifest.contains("layout")) {
+    try {
+      const auto& layout = manifest.at("layout");
+      const int64_t ep = layout.at("ep").get<int64_t>();
+      for (const auto& shard : layout.at("expert_shards")) {
+        const int64_t index = shard.at("index").get<int64_t>();
+        shards.push_back({shard_file(kind, index, ep), shard.at("first").get<int64_t>(),
+                          shard.at("count").get<int64_t>()});
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(str_cat(manifest_path, ": malformed layout: ", e.what()));
+    }
+  }
+  return std::make_shared<detail::TensorSource>(checkpoint_dir, main_file, shards);
+}
+
 }  // namespace
 
 std::string checkpoint_path(const std::string& checkpoints_dir, int64_t step) {
@@ -258,64 +286,143 @@ std::vector<std::string> list_valid_checkpoints(const std::string& checkpoints_d
 
 std::string save_train_checkpoint(const std::string& checkpoints_dir, torch::nn::Module& model,
                                   torch::optim::Optimizer& optimizer, const TrainState& state,
-                                  int64_t keep_last) {
+                                  int64_t keep_last, const CheckpointRanks* ranks) {
   MOETRON_CHECK(state.step >= 0, "checkpoint step must be >= 0, got ", state.step);
+  const CheckpointRanks single;
+  const CheckpointRanks& r = ranks ? *ranks : single;
+  const bool main_rank = r.rank == 0;
+  const bool sharded = r.ep > 1;
+  MOETRON_CHECK(r.world == 1 || (r.barrier && r.broadcast),
+                "a distributed checkpoint save needs barrier and broadcast");
   const auto start = std::chrono::steady_clock::now();
   torch::optim::AdamW& adamw = detail::as_adamw(optimizer);
-  std::error_code ec;
-  fs::create_directories(checkpoints_dir, ec);
-  MOETRON_CHECK(!ec && is_directory(checkpoints_dir), checkpoints_dir,
-                ": cannot create the checkpoints directory: ", ec.message());
-  remove_stale_temporaries(checkpoints_dir);
-
   const std::string final_dir = checkpoint_path(checkpoints_dir, state.step);
-  const std::string tmp = str_cat(final_dir, kTmpMarker, ::getpid());
-  remove_tree(tmp);
-  MOETRON_CHECK(::mkdir(tmp.c_str(), 0755) == 0, tmp, ": cannot create: ", std::strerror(errno));
-  try {
-    // Each writer is atomic and fsyncs its file and `tmp`; the manifest comes last, so a
-    // directory with a manifest is complete.
-    detail::save_model_state(join(tmp, kModelFile), model);
-    detail::save_optimizer_state(join(tmp, kOptimizerFile), model, adamw);
-    detail::save_rng_state(join(tmp, kRngFile));
-    const nlohmann::json trainer = {{"step", state.step},
-                                    {"loader_state", state.loader_state},
-                                    {"metrics_state", state.metrics_state},
-                                    {"extra", state.extra}};
-    write_file_atomic(join(tmp, kTrainerStateFile), trainer.dump(2) + "\n");
-    write_file_atomic(join(tmp, kConfigFile), state.config_yaml);
-    nlohmann::json files = nlohmann::json::object();
-    for (const auto& name : data_files()) {
-      const std::string path = join(tmp, name);
-      files[name] = {{"bytes", file_size(path)}, {"sha256", sha256_file(path)}};
+
+  // Rank 0 prepares the temporary directory and tells the others its name.
+  std::string tmp;
+  std::string failure;
+  if (main_rank) {
+    try {
+      std::error_code ec;
+      fs::create_directories(checkpoints_dir, ec);
+      MOETRON_CHECK(!ec && is_directory(checkpoints_dir), checkpoints_dir,
+                    ": cannot create the checkpoints directory: ", ec.message());
+      remove_stale_temporaries(checkpoints_dir);
+      tmp = str_cat(final_dir, kTmpMarker, ::getpid());
+      remove_tree(tmp);
+      MOETRON_CHECK(::mkdir(tmp.c_str(), 0755) == 0, tmp, ": cannot create: ",
+                    std::strerror(errno));
+    } catch (const Error& e) {
+      failure = e.what();
     }
-    const nlohmann::json manifest = {{"format", kManifestFormat},
-                                     {"version", kTrainCheckpointVersion},
-                                     {"step", state.step},
-                                     {"files", files}};
-    write_file_atomic(join(tmp, kManifestFile), manifest.dump(2) + "\n");
-    install_directory(tmp, final_dir);
-    fsync_directory(checkpoints_dir);
-  } catch (...) {
+  }
+  if (r.world > 1) {
+    const std::string got = r.broadcast(failure.empty() ? tmp : "!" + failure);
+    if (!got.empty() && got[0] == '!') throw Error(got.substr(1));
+    tmp = got;
+  } else if (!failure.empty()) {
+    throw Error(failure);
+  }
+  auto cleanup = [&] {
     try {
       remove_tree(tmp);
     } catch (const Error&) {  // the original error matters more; the next save cleans up
     }
-    throw;
+  };
+  try {
+    // Each writer is atomic and fsyncs its file and `tmp`; the manifest comes last, so a
+    // directory with a manifest is complete.
+    if (main_rank) {
+      const auto subset = sharded ? detail::Subset::kUnsharded : detail::Subset::kAll;
+      detail::save_model_state(join(tmp, kModelFile), model, subset);
+      detail::save_optimizer_state(join(tmp, kOptimizerFile), model, adamw, subset);
+      detail::save_rng_state(join(tmp, kRngFile));
+      const nlohmann::json trainer = {{"step", state.step},
+                                      {"loader_state", state.loader_state},
+                                      {"metrics_state", state.metrics_state},
+                                      {"extra", state.extra}};
+      write_file_atomic(join(tmp, kTrainerStateFile), trainer.dump(2) + "\n");
+      write_file_atomic(join(tmp, kConfigFile), state.config_yaml);
+    } else {
+      detail::save_rng_state(join(tmp, rank_rng_file(r.rank)));
+    }
+    if (sharded && r.shard_writer) {
+      detail::save_model_state(join(tmp, shard_file("model", r.ep_rank, r.ep)), model,
+                               detail::Subset::kSharded);
+      detail::save_optimizer_state(join(tmp, shard_file("optimizer", r.ep_rank, r.ep)), model,
+                                   adamw, detail::Subset::kSharded);
+    }
+  } catch (const Error& e) {
+    failure = e.what();
   }
-  write_file_atomic(join(checkpoints_dir, kLatestFile), dir_name(final_dir) + "\n");
-  prune(checkpoints_dir, keep_last, final_dir);
+  if (r.world > 1) {
+    // Everyone has written (or failed); rank 0 learns of any failure through the barrier's
+    // companion broadcast below.
+    r.barrier("checkpoint files written");
+  }
+  if (!failure.empty() && r.world == 1) {
+    cleanup();
+    throw Error(failure);
+  }
+  if (main_rank && failure.empty()) {
+    try {
+      nlohmann::json files = nlohmann::json::object();
+      for (const auto& entry : fs::directory_iterator(tmp)) {
+        const std::string name = entry.path().filename().string();
+        files[name] = {{"bytes", file_size(entry.path().string())},
+                       {"sha256", sha256_file(entry.path().string())}};
+      }
+      nlohmann::json manifest = {{"format", kManifestFormat},
+                                 {"version", kTrainCheckpointVersion},
+                                 {"step", state.step},
+                                 {"files", files}};
+      if (r.world > 1) {
+        nlohmann::json layout = {{"world", r.world}, {"ep", r.ep}};
+        nlohmann::json shards = nlohmann::json::array();
+        if (sharded) {
+          const auto placement = detail::expert_placement(model);
+          MOETRON_CHECK(!placement.empty(), "ep=", r.ep, " but the model's experts are not sharded");
+          const int64_t count = placement.begin()->second.count;
+          for (int64_t k = 0; k < r.ep; ++k) {
+            MOETRON_CHECK(files.contains(shard_file("model", k, r.ep)), tmp, ": expert shard ", k,
+                          " was not written");
+            shards.push_back({{"index", k}, {"first", k * count}, {"count", count}});
+          }
+        }
+        layout["expert_shards"] = shards;
+        manifest["layout"] = layout;
+      }
+      write_file_atomic(join(tmp, kManifestFile), manifest.dump(2) + "\n");
+      install_directory(tmp, final_dir);
+      fsync_directory(checkpoints_dir);
+      write_file_atomic(join(checkpoints_dir, kLatestFile), dir_name(final_dir) + "\n");
+      prune(checkpoints_dir, keep_last, final_dir);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+    if (!failure.empty()) cleanup();
+  }
+  if (r.world > 1) {
+    // Rank 0's verdict (the others' write errors surface as their own exceptions below).
+    const std::string verdict = r.broadcast(failure.empty() ? "ok" : "!" + failure);
+    if (verdict != "ok" && failure.empty()) failure = verdict.substr(1);
+  }
+  if (!failure.empty()) throw Error(str_cat("saving ", final_dir, ": ", failure));
 
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  uint64_t bytes = 0;
-  for (const auto& name : data_files()) bytes += file_size(join(final_dir, name));
-  log::info("saved checkpoint ", final_dir, " (", bytes / 1e6, " MB in ", seconds, " s)");
+  if (main_rank) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    uint64_t bytes = 0;
+    for (const auto& entry : fs::directory_iterator(final_dir)) {
+      bytes += file_size(entry.path().string());
+    }
+    log::info("saved checkpoint ", final_dir, " (", bytes / 1e6, " MB in ", seconds, " s)");
+  }
   return final_dir;
 }
 
 TrainState load_train_checkpoint(const std::string& checkpoint_dir, torch::nn::Module& model,
-                                 torch::optim::Optimizer& optimizer) {
+                                 torch::optim::Optimizer& optimizer, int64_t rank) {
   torch::optim::AdamW& adamw = detail::as_adamw(optimizer);
   // Integrity first: a corrupted checkpoint names its file and where to resume from instead.
   TrainState state;
@@ -334,15 +441,21 @@ TrainState load_train_checkpoint(const std::string& checkpoint_dir, torch::nn::M
       throw Error(str_cat(trainer_path, ": malformed trainer state: ", e.what()));
     }
     state.config_yaml = read_text_file(join(checkpoint_dir, kConfigFile));
-    rng = detail::prepare_rng_load(join(checkpoint_dir, kRngFile));
+    const std::string own_rng = join(checkpoint_dir, rank_rng_file(rank));
+    struct stat st {};
+    rng = detail::prepare_rng_load(rank > 0 && ::stat(own_rng.c_str(), &st) == 0
+                                       ? own_rng
+                                       : join(checkpoint_dir, kRngFile));
   } catch (const Error& e) {
     throw Error(e.kind(), str_cat("cannot load checkpoint ", checkpoint_dir, ": ", e.what(), "\n",
                                   valid_list_text(parent_of(checkpoint_dir))));
   }
   // Compatibility with the model and optimizer, checked completely before anything changes.
-  auto prepared_model = detail::prepare_model_load(join(checkpoint_dir, kModelFile), model);
-  auto prepared_optim =
-      detail::prepare_optimizer_load(join(checkpoint_dir, kOptimizerFile), model, adamw);
+  const nlohmann::json manifest = read_manifest(checkpoint_dir);
+  auto prepared_model = detail::prepare_model_load(
+      tensor_source(checkpoint_dir, manifest, "model", kModelFile), model);
+  auto prepared_optim = detail::prepare_optimizer_load(
+      tensor_source(checkpoint_dir, manifest, "optimizer", kOptimizerFile), model, adamw);
 
   detail::apply_model_load(prepared_model);
   detail::apply_optimizer_load(prepared_optim, adamw);
@@ -358,7 +471,8 @@ void load_checkpoint_model(const std::string& checkpoint_dir, torch::nn::Module&
     throw Error(e.kind(), str_cat("cannot load checkpoint ", checkpoint_dir, ": ", e.what(), "\n",
                                   valid_list_text(parent_of(checkpoint_dir))));
   }
-  auto prepared = detail::prepare_model_load(join(checkpoint_dir, kModelFile), model);
+  auto prepared = detail::prepare_model_load(
+      tensor_source(checkpoint_dir, read_manifest(checkpoint_dir), "model", kModelFile), model);
   detail::apply_model_load(prepared);
   log::info("loaded model weights from ", checkpoint_dir);
 }

@@ -16,6 +16,7 @@
 #include "moetron/ckpt/safetensors.h"
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
+#include "moetron/model/moe.h"
 #include "strict_json.h"
 
 namespace moetron::ckpt::detail {
@@ -52,9 +53,23 @@ torch::Tensor mapped_tensor(const SafetensorsFile& file, const std::string& name
   return torch::from_blob(const_cast<uint8_t*>(span.data), info.shape, options);
 }
 
-// "" when `info` matches `like` in shape and dtype, else what differs.
-std::string mismatch(const TensorInfo& info, const torch::Tensor& like) {
-  const auto want_shape = like.sizes().vec();
+// The full shape of `t` given its placement (rows of a larger tensor when sharded).
+std::vector<int64_t> full_shape(const torch::Tensor& t, const ShardSpec* spec) {
+  auto shape = t.sizes().vec();
+  if (spec) shape[0] = spec->total;
+  return shape;
+}
+
+const ShardSpec* find_spec(const std::map<std::string, ShardSpec>& placement,
+                           const std::string& name) {
+  auto it = placement.find(name);
+  return it == placement.end() ? nullptr : &it->second;
+}
+
+// "" when `info` matches `like` (its full shape when sharded) and its dtype, else what differs.
+std::string mismatch(const TensorInfo& info, const torch::Tensor& like,
+                     const ShardSpec* spec = nullptr) {
+  const auto want_shape = full_shape(like, spec);
   const Dtype want_dtype = from_torch_dtype(like.scalar_type());
   if (info.shape == want_shape && info.dtype == want_dtype) return "";
   return str_cat("checkpoint ", shape_text(info.shape), " ", dtype_name(info.dtype), ", expected ",
@@ -134,18 +149,129 @@ torch::optim::AdamW& as_adamw(torch::optim::Optimizer& optimizer) {
   return *adamw;
 }
 
+// ---- expert sharding --------------------------------------------------------------------
+
+std::map<std::string, ShardSpec> expert_placement(torch::nn::Module& model) {
+  std::map<std::string, ShardSpec> placement;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    auto experts = std::dynamic_pointer_cast<model::ExpertsImpl>(item.value());
+    if (!experts || experts->n_experts() == experts->total_experts()) continue;
+    const ShardSpec spec{experts->first_expert(), experts->n_experts(), experts->total_experts()};
+    for (const auto& p : experts->named_parameters(/*recurse=*/false)) {
+      placement[item.key() + "." + p.key()] = spec;
+    }
+  }
+  return placement;
+}
+
+namespace {
+bool in_subset(Subset subset, bool sharded) {
+  return subset == Subset::kAll || (subset == Subset::kSharded) == sharded;
+}
+}  // namespace
+
+TensorSource::TensorSource(const std::string& dir, const std::string& main_file,
+                           const std::vector<Shard>& shards) {
+  auto open = [&](const std::string& name) {
+    files_.push_back(std::make_unique<SafetensorsFile>(SafetensorsFile::open(dir + "/" + name)));
+    return files_.size() - 1;
+  };
+  const size_t main = open(main_file);
+  for (const auto& name : files_[main]->names()) {
+    const TensorInfo& info = files_[main]->info(name);
+    index_[name] = Entry{info, {Piece{main, 0, info.shape.empty() ? 0 : info.shape[0]}}};
+  }
+  std::vector<Shard> ordered = shards;
+  std::sort(ordered.begin(), ordered.end(),
+            [](const Shard& a, const Shard& b) { return a.first < b.first; });
+  std::set<std::string> sharded;
+  for (const auto& shard : ordered) {
+    const size_t f = open(shard.file);
+    const SafetensorsFile& file = *files_[f];
+    for (const auto& name : file.names()) {
+      const TensorInfo& info = file.info(name);
+      auto it = index_.find(name);
+      MOETRON_CHECK(it == index_.end() || sharded.count(name), file.path(), ": tensor ", name,
+                    " is also in ", files_[main]->path());
+      if (info.shape.empty()) {  // a copy (e.g. an AdamW step count): the first one is used
+        if (it == index_.end()) index_[name] = Entry{info, {Piece{f, 0, 0}}};
+        sharded.insert(name);
+        continue;
+      }
+      MOETRON_CHECK(info.shape[0] == shard.count, file.path(), ": tensor ", name, " has ",
+                    info.shape[0], " rows, the manifest says this shard holds ", shard.count);
+      if (it == index_.end()) {
+        MOETRON_CHECK(shard.first == 0, file.path(), ": tensor ", name,
+                      " is missing from the shards before row ", shard.first);
+        index_[name] = Entry{info, {Piece{f, shard.first, shard.count}}};
+      } else {
+        Entry& e = it->second;
+        MOETRON_CHECK(e.info.dtype == info.dtype &&
+                          std::equal(e.info.shape.begin() + 1, e.info.shape.end(),
+                                     info.shape.begin() + 1, info.shape.end()) &&
+                          e.info.shape[0] == shard.first,
+                      file.path(), ": shard of ", name, " (rows from ", shard.first,
+                      ") does not continue the previous shards");
+        e.info.shape[0] += shard.count;
+        e.pieces.push_back(Piece{f, shard.first, shard.count});
+      }
+      sharded.insert(name);
+    }
+  }
+}
+
+std::vector<std::string> TensorSource::names() const {
+  std::vector<std::string> out;
+  for (const auto& item : index_) out.push_back(item.first);
+  return out;
+}
+
+const TensorInfo& TensorSource::info(const std::string& name) const {
+  auto it = index_.find(name);
+  MOETRON_CHECK(it != index_.end(), path(), ": no tensor ", name);
+  return it->second.info;
+}
+
+torch::Tensor TensorSource::read(const std::string& name, int64_t first, int64_t count) const {
+  auto it = index_.find(name);
+  MOETRON_CHECK(it != index_.end(), path(), ": no tensor ", name);
+  const Entry& e = it->second;
+  if (e.info.shape.empty()) return mapped_tensor(*files_[e.pieces[0].file], name);
+  if (count < 0) count = e.info.shape[0] - first;
+  MOETRON_CHECK(first >= 0 && first + count <= e.info.shape[0], path(), ": rows [", first, ", ",
+                first + count, ") of ", name, " are outside its ", e.info.shape[0], " rows");
+  std::vector<torch::Tensor> parts;
+  for (const auto& piece : e.pieces) {
+    const int64_t lo = std::max(first, piece.first);
+    const int64_t hi = std::min(first + count, piece.first + piece.count);
+    if (lo >= hi) continue;
+    parts.push_back(mapped_tensor(*files_[piece.file], name).narrow(0, lo - piece.first, hi - lo));
+  }
+  if (parts.size() == 1) return parts[0];
+  if (parts.empty()) {
+    auto shape = e.info.shape;
+    shape[0] = 0;
+    return torch::empty(shape, torch::TensorOptions().dtype(to_torch_dtype(e.info.dtype)));
+  }
+  return torch::cat(parts, 0);
+}
+
 // ---- model ---------------------------------------------------------------------------------
 
-void save_model_state(const std::string& path, torch::nn::Module& model) {
+void save_model_state(const std::string& path, torch::nn::Module& model, Subset subset) {
+  const auto placement = expert_placement(model);
   NamedTensors tensors;
-  for (auto& [name, t] : model_tensors(model)) tensors.emplace_back(name, t.detach());
+  for (auto& [name, t] : model_tensors(model)) {
+    if (in_subset(subset, placement.count(name) > 0)) tensors.emplace_back(name, t.detach());
+  }
   save_safetensors(path, tensors, {{"format", "moetron-model-state"}});
 }
 
-PreparedModel prepare_model_load(const std::string& path, torch::nn::Module& model) {
+PreparedModel prepare_model_load(std::shared_ptr<TensorSource> source, torch::nn::Module& model) {
   PreparedModel prepared;
-  prepared.file = std::make_unique<SafetensorsFile>(SafetensorsFile::open(path));
-  const SafetensorsFile& file = *prepared.file;
+  prepared.source = std::move(source);
+  const TensorSource& file = *prepared.source;
+  const auto placement = expert_placement(model);
   std::vector<std::string> missing, mismatched, unexpected;
   std::set<std::string> known;
   for (auto& [name, t] : model_tensors(model)) {
@@ -154,19 +280,20 @@ PreparedModel prepare_model_load(const std::string& path, torch::nn::Module& mod
       missing.push_back(name);
       continue;
     }
-    const std::string why = mismatch(file.info(name), t);
+    const ShardSpec* spec = find_spec(placement, name);
+    const std::string why = mismatch(file.info(name), t, spec);
     if (!why.empty()) {
       mismatched.push_back(str_cat(name, ": ", why));
       continue;
     }
-    prepared.copies.emplace_back(t, name);
+    prepared.copies.push_back({t, name, spec ? spec->first : 0, spec ? spec->count : -1});
   }
   for (const auto& name : file.names()) {
     if (!known.count(name)) unexpected.push_back(name);
   }
   if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
     std::string message =
-        str_cat(path,
+        str_cat(file.path(),
                 ": the model does not match the checkpoint (was it written with another model "
                 "config? see config.yaml beside it)");
     auto add = [&](const char* what, const std::vector<std::string>& names) {
@@ -183,15 +310,16 @@ PreparedModel prepare_model_load(const std::string& path, torch::nn::Module& mod
 
 void apply_model_load(PreparedModel& prepared) {
   torch::NoGradGuard no_grad;
-  for (auto& [dst, name] : prepared.copies) dst.copy_(mapped_tensor(*prepared.file, name));
+  for (auto& c : prepared.copies) c.dst.copy_(prepared.source->read(c.name, c.first, c.count));
   prepared.copies.clear();
-  prepared.file.reset();
+  prepared.source.reset();
 }
 
 // ---- optimizer -----------------------------------------------------------------------------
 
 void save_optimizer_state(const std::string& path, torch::nn::Module& model,
-                          torch::optim::AdamW& optimizer) {
+                          torch::optim::AdamW& optimizer, Subset subset) {
+  const auto placement = expert_placement(model);
   const auto names = group_names(model, optimizer);
   const auto& groups = optimizer.param_groups();
   NamedTensors tensors;
@@ -206,6 +334,7 @@ void save_optimizer_state(const std::string& path, torch::nn::Module& model,
       if (it == optimizer.state().end()) continue;  // never stepped (no gradient yet)
       const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
       const std::string& name = names[g][i];
+      if (!in_subset(subset, placement.count(name) > 0)) continue;
       tensors.emplace_back(name + ".exp_avg", s.exp_avg());
       tensors.emplace_back(name + ".exp_avg_sq", s.exp_avg_sq());
       if (s.max_exp_avg_sq().defined()) {
@@ -219,11 +348,14 @@ void save_optimizer_state(const std::string& path, torch::nn::Module& model,
       {{"format", kOptimizerFormat}, {"version", "1"}, {"param_groups", groups_json.dump()}});
 }
 
-PreparedOptimizer prepare_optimizer_load(const std::string& path, torch::nn::Module& model,
+PreparedOptimizer prepare_optimizer_load(std::shared_ptr<TensorSource> source,
+                                         torch::nn::Module& model,
                                          torch::optim::AdamW& optimizer) {
   PreparedOptimizer prepared;
-  prepared.file = std::make_unique<SafetensorsFile>(SafetensorsFile::open(path));
-  const SafetensorsFile& file = *prepared.file;
+  prepared.source = std::move(source);
+  const TensorSource& file = *prepared.source;
+  const std::string& path = file.path();
+  const auto placement = expert_placement(model);
   const auto& meta = file.metadata();
   auto format = meta.find("format");
   auto groups_text = meta.find("param_groups");
@@ -279,7 +411,12 @@ PreparedOptimizer prepare_optimizer_load(const std::string& path, torch::nn::Mod
     for (size_t i = 0; i < groups[g].params().size(); ++i) {
       const torch::Tensor& p = groups[g].params()[i];
       const std::string& name = names[g][i];
+      const ShardSpec* spec = find_spec(placement, name);
       PreparedOptimizerParam entry{p, name};
+      if (spec) {
+        entry.first = spec->first;
+        entry.count = spec->count;
+      }
       const std::string keys[] = {name + ".exp_avg", name + ".exp_avg_sq", name + ".step",
                                   name + ".max_exp_avg_sq"};
       const bool has[] = {file.contains(keys[0]), file.contains(keys[1]), file.contains(keys[2]),
@@ -299,7 +436,7 @@ PreparedOptimizer prepare_optimizer_load(const std::string& path, torch::nn::Mod
       bool ok = true;
       for (int k : {0, 1, 3}) {
         if (!has[k]) continue;
-        const std::string why = mismatch(file.info(keys[k]), p);
+        const std::string why = mismatch(file.info(keys[k]), p, spec);
         if (!why.empty()) {
           problems.push_back(str_cat(keys[k], ": ", why));
           ok = false;
@@ -345,23 +482,24 @@ void apply_optimizer_load(PreparedOptimizer& prepared, torch::optim::AdamW& opti
         .amsgrad(saved.amsgrad());
   }
   torch::NoGradGuard no_grad;
-  const SafetensorsFile& file = *prepared.file;
+  const TensorSource& file = *prepared.source;
   // Fresh tensors shaped like the parameter (what AdamW itself would allocate) on its device.
-  auto load_like = [&](const torch::Tensor& p, const std::string& key) {
-    return torch::empty_like(p, p.options().requires_grad(false)).copy_(mapped_tensor(file, key));
+  auto load_like = [&](const PreparedOptimizerParam& e, const std::string& key) {
+    return torch::empty_like(e.param, e.param.options().requires_grad(false))
+        .copy_(file.read(key, e.first, e.count));
   };
   optimizer.state().clear();
   for (const auto& e : prepared.params) {
     if (!e.has_state) continue;
     auto s = std::make_unique<torch::optim::AdamWParamState>();
-    s->step(mapped_tensor(file, e.name + ".step").item<int64_t>());
-    s->exp_avg(load_like(e.param, e.name + ".exp_avg"));
-    s->exp_avg_sq(load_like(e.param, e.name + ".exp_avg_sq"));
-    if (e.has_max) s->max_exp_avg_sq(load_like(e.param, e.name + ".max_exp_avg_sq"));
+    s->step(file.read(e.name + ".step").item<int64_t>());
+    s->exp_avg(load_like(e, e.name + ".exp_avg"));
+    s->exp_avg_sq(load_like(e, e.name + ".exp_avg_sq"));
+    if (e.has_max) s->max_exp_avg_sq(load_like(e, e.name + ".max_exp_avg_sq"));
     optimizer.state()[e.param.unsafeGetTensorImpl()] = std::move(s);
   }
   prepared.params.clear();
-  prepared.file.reset();
+  prepared.source.reset();
 }
 
 // ---- RNG -----------------------------------------------------------------------------------

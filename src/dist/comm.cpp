@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -373,10 +374,28 @@ void Group::broadcast(torch::Tensor& tensor, int64_t root, const std::string& wh
   });
 }
 
+torch::Device Group::comm_device() const {
+  return backend_ ? backend_->device : torch::Device(torch::kCPU);
+}
+
 void Group::barrier(const std::string& what) {
   if (!backend_) return;
   auto t = torch::zeros({1}, torch::TensorOptions().device(backend_->device));
   all_reduce(t, ReduceOp::kSum, what);
+}
+
+std::string broadcast_string(Group& group, const std::string& value, const std::string& what) {
+  if (group.size() == 1) return value;
+  const torch::Device device = group.comm_device();
+  auto length = torch::tensor({static_cast<int64_t>(value.size())}).to(device);
+  group.broadcast(length, 0, what + " (length)");
+  const int64_t n = length.cpu().item<int64_t>();
+  auto bytes = torch::zeros({n}, torch::kUInt8);
+  if (group.rank() == 0) std::memcpy(bytes.data_ptr<uint8_t>(), value.data(), value.size());
+  bytes = bytes.to(device);
+  if (n > 0) group.broadcast(bytes, 0, what);
+  bytes = bytes.cpu();
+  return std::string(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), n);
 }
 
 }  // namespace moetron::dist

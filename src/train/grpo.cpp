@@ -233,6 +233,11 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
   config::validate(cfg_in);
 
   Session session = open_session(cfg_in, options);
+  MOETRON_CHECK_CONFIG(!session.comm->distributed(),
+                       "train.stage: grpo runs in one process in this version (got ",
+                       session.world(),
+                       " ranks); launch it without torchrun/SLURM/moetron launch, or train "
+                       "pretrain/SFT stages distributed and GRPO on one process");
   const config::Config& cfg = session.cfg;
   const torch::Device device = session.device;
   auto& model = session.model;
@@ -257,7 +262,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
 
   int64_t step = 0, updates = 0;
   if (session.resume_from) {
-    auto state = ckpt::load_train_checkpoint(*session.resume_from, *model, *optimizer);
+    auto state = load_checkpoint(session, *session.resume_from);
     step = state.step;
     stream.restore(nlohmann::json::parse(state.loader_state));
     updates = state.extra.value("optimizer_steps", int64_t{0});
@@ -279,7 +284,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
   double gen_seconds_run = 0;
   Stopwatch run_clock;
   while (step < cfg.train.steps) {
-    stop_if_interrupted(step, [&] {
+    stop_if_interrupted(session, step, [&] {
       save(step);
       return result.checkpoint;
     });

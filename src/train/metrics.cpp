@@ -19,6 +19,7 @@
 namespace moetron::train {
 
 MetricsLog::MetricsLog(std::string path, int64_t resume_step) : path_(std::move(path)) {
+  if (path_.empty()) return;  // a rank other than 0: rank 0 writes the metrics
   if (resume_step >= 0 && std::filesystem::exists(path_)) {
     std::istringstream in(read_text_file(path_));
     std::string kept, line;
@@ -39,6 +40,7 @@ MetricsLog::MetricsLog(std::string path, int64_t resume_step) : path_(std::move(
 }
 
 void MetricsLog::write(const nlohmann::json& record) {
+  if (path_.empty()) return;
   out_ << record.dump() << '\n';
   out_.flush();
 }

@@ -10,6 +10,7 @@
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
 #include "moetron/core/signals.h"
+#include "moetron/dist/ep_dispatcher.h"
 #include "moetron/optim/optimizer.h"
 #include "moetron/train/evaluate.h"
 
@@ -58,6 +59,7 @@ Session open_session(const config::Config& cfg_in, const TrainOptions& options) 
   log::set_level(log::parse_level(cfg.log.level));
   s.yaml = config::dump(cfg);
   s.device = resolve_device(cfg.train.device);
+  s.comm = dist::init_from_env(cfg, s.device, &s.device);
 
   // Resume decision first: it decides whether a run directory with another config is ok.
   const std::string checkpoints =
@@ -67,10 +69,22 @@ Session open_session(const config::Config& cfg_in, const TrainOptions& options) 
   } else if (cfg.ckpt.resume != "none") {
     s.resume_from = resolve_checkpoint(cfg.ckpt.resume);
   }
-  s.run = open_run_dir(cfg.log.run_dir, cfg.log.name, s.yaml, s.resume_from.has_value());
-  s.log_file = std::make_unique<LogFileGuard>(s.run.log_path);
+  // Rank 0 creates (or checks) the run directory first; the others then open what it wrote.
+  // Only rank 0 writes the log file and the metrics.
+  if (s.main_rank()) {
+    s.run = open_run_dir(cfg.log.run_dir, cfg.log.name, s.yaml, s.resume_from.has_value());
+  }
+  s.comm->world().barrier("run directory");
+  if (!s.main_rank()) {
+    s.run = open_run_dir(cfg.log.run_dir, cfg.log.name, s.yaml, /*resuming=*/true);
+  }
+  if (s.main_rank()) s.log_file = std::make_unique<LogFileGuard>(s.run.log_path);
   log::info("run ", s.run.root, " | stage ", stage_name(cfg.train.stage), " | device ",
-            s.device.str());
+            s.device.str(),
+            s.comm->distributed()
+                ? str_cat(" | ", s.world(), " ranks (", s.comm->backend_name(), ", ep ",
+                          cfg.dist.ep, " x dp ", s.comm->mesh().dp(), ")")
+                : std::string());
 
   s.tokenizer = data::load_tokenizer(cfg.data.tokenizer);
   MOETRON_CHECK_CONFIG(s.tokenizer->vocab_size() <= cfg.model.vocab_size, "data.tokenizer '",
@@ -84,10 +98,14 @@ Session open_session(const config::Config& cfg_in, const TrainOptions& options) 
     load_model_weights(cfg.train.init_from, s.model);
   }
   s.model->train();
+  // Every rank built the full model from the same seed; under expert parallelism each keeps its
+  // experts before the optimizer sees the parameters.
+  dist::shard_experts(s.model, *s.comm);
   s.optimizer = optim::make_adamw(*s.model, cfg.optim);
   for (auto& p : s.model->parameters()) {
     if (p.requires_grad()) s.params.push_back(p);
   }
+  s.dp = std::make_unique<dist::DataParallel>(*s.comm, s.model);
   return s;
 }
 
@@ -98,17 +116,43 @@ std::string save_checkpoint(Session& session, int64_t step, std::string loader_s
   state.loader_state = std::move(loader_state);
   state.extra = std::move(extra);
   state.config_yaml = session.yaml;
+  ckpt::CheckpointRanks ranks;
+  dist::Comm& comm = *session.comm;
+  ranks.rank = comm.rank();
+  ranks.world = comm.world_size();
+  ranks.ep_rank = comm.mesh().ep_rank();
+  ranks.ep = comm.mesh().ep;
+  ranks.shard_writer = comm.mesh().dp_rank() == 0;
+  ranks.barrier = [&comm](const std::string& what) { comm.world().barrier(what); };
+  ranks.broadcast = [&comm](const std::string& value) {
+    return dist::broadcast_string(comm.world(), value, "checkpoint");
+  };
   auto path = ckpt::save_train_checkpoint(session.run.checkpoints, *session.model,
-                                          *session.optimizer, state, session.cfg.ckpt.keep_last);
+                                          *session.optimizer, state, session.cfg.ckpt.keep_last,
+                                          &ranks);
   log::info("saved ", path);
   return path;
 }
 
-void stop_if_interrupted(int64_t step, const std::function<std::string()>& save) {
-  if (!signals::interrupt_requested()) return;
+ckpt::TrainState load_checkpoint(Session& session, const std::string& path) {
+  return ckpt::load_train_checkpoint(path, *session.model, *session.optimizer, session.rank());
+}
+
+void stop_if_interrupted(Session& session, int64_t step,
+                         const std::function<std::string()>& save) {
+  bool requested = signals::interrupt_requested();
+  if (session.comm->distributed()) {
+    auto flag = torch::tensor({requested ? int64_t{1} : int64_t{0}}).to(session.comm->device());
+    session.comm->world().all_reduce(flag, dist::ReduceOp::kMax, "interrupt check");
+    requested = flag.cpu().item<int64_t>() > 0;
+  }
+  if (!requested) return;
   const std::string checkpoint = save();
   throw Error(ErrorKind::kInterrupted,
-              str_cat("interrupted by signal ", signals::interrupt_signal(), " at step ", step,
+              str_cat(signals::interrupt_requested()
+                          ? str_cat("interrupted by signal ", signals::interrupt_signal())
+                          : std::string("interrupted (another rank received a signal)"),
+                      " at step ", step,
                       "; checkpoint ", checkpoint, " (rerun the same command to resume)"));
 }
 

@@ -14,8 +14,11 @@
 #include <vector>
 
 #include "moetron/config/config.h"
+#include "moetron/ckpt/train_checkpoint.h"
 #include "moetron/core/run_dir.h"
 #include "moetron/data/tokenizer.h"
+#include "moetron/dist/comm.h"
+#include "moetron/dist/data_parallel.h"
 #include "moetron/model/model.h"
 #include "moetron/train/metrics.h"
 #include "moetron/train/trainer.h"
@@ -35,6 +38,8 @@ class LogFileGuard {
 };
 
 struct Session {
+  // Declared first so it is destroyed last (after the model whose dispatchers use its groups).
+  std::unique_ptr<dist::Comm> comm;  // world of one unless launched distributed
   config::Config cfg;  // validated; ckpt.resume overridden by TrainOptions::resume
   std::string yaml;    // config::dump(cfg), stored in the run directory and checkpoints
   torch::Device device{torch::kCPU};
@@ -45,6 +50,11 @@ struct Session {
   model::DeepseekV3ForCausalLM model{nullptr};  // on `device`, in train mode
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::vector<torch::Tensor> params;  // the trainable parameters (for clipping)
+  std::unique_ptr<dist::DataParallel> dp;  // gradient / metric reduction over the ranks
+
+  bool main_rank() const { return comm->rank() == 0; }
+  int64_t rank() const { return comm->rank(); }
+  int64_t world() const { return comm->world_size(); }
 };
 
 // Writes runs/<name>/checkpoints/step-<step> (model, AdamW, the config text and the stage's own
@@ -57,9 +67,13 @@ std::string save_checkpoint(Session& session, int64_t step, std::string loader_s
 // resuming (the caller loads the checkpoint, with its own state). Logs the run's header line.
 Session open_session(const config::Config& cfg, const TrainOptions& options);
 
-// At a step boundary: if SIGINT / SIGTERM arrived, saves a checkpoint through `save` (which
+// At a step boundary: if SIGINT / SIGTERM arrived (at any rank: the ranks agree through one
+// all-reduce, so they all stop at the same step), saves a checkpoint through `save` (which
 // returns its path) and throws Error(kInterrupted) naming the step and the checkpoint.
-void stop_if_interrupted(int64_t step, const std::function<std::string()>& save);
+void stop_if_interrupted(Session& session, int64_t step, const std::function<std::string()>& save);
+
+// Loads a training checkpoint into the session's model and optimizer (this rank's share).
+ckpt::TrainState load_checkpoint(Session& session, const std::string& path);
 
 // After optimizer step `step`: the periodic (train.eval_every) and final evaluation, logged and
 // written to `metrics`, then the periodic (ckpt.save_every) and final checkpoint via `save`.

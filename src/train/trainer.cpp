@@ -60,22 +60,25 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   auto& tokenizer = session.tokenizer;
   auto& model = session.model;
   auto& optimizer = session.optimizer;
-  const auto& params = session.params;
 
   // SLM reference model (frozen).
   model::DeepseekV3ForCausalLM reference{nullptr};
   const bool slm = cfg.train.stage == config::Stage::kSft && cfg.sft.slm.ratio < 1.0;
   if (slm) reference = frozen_model(cfg, cfg.sft.slm.reference, device);
 
-  data::BatchLoader loader(cfg.data, cfg.train.stage, *tokenizer, cfg.train.micro_batch_size,
-                           cfg.data.seq_len, cfg.data.shuffle_seed, data::Split::kTrain,
-                           chat_options(cfg));
+  // Data parallelism: every rank packs the same global micro-batch (world x micro_batch_size
+  // rows) and trains on its own rows, so the loader state is the same on every rank and a run
+  // at any world size sees the same data stream.
+  const int64_t world = session.world(), rank = session.rank();
+  const int64_t rows = cfg.train.micro_batch_size;
+  data::BatchLoader loader(cfg.data, cfg.train.stage, *tokenizer, rows * world, cfg.data.seq_len,
+                           cfg.data.shuffle_seed, data::Split::kTrain, chat_options(cfg));
   int64_t step = 0;
   int64_t bad_steps = 0;
   int64_t tokens_seen = 0;
   double resumed_loss = 0;
   if (resume_from) {
-    auto state = ckpt::load_train_checkpoint(*resume_from, *model, *optimizer);
+    auto state = load_checkpoint(session, *resume_from);
     step = state.step;
     loader.restore(state.loader_state);
     bad_steps = state.extra.value("bad_steps", int64_t{0});
@@ -83,7 +86,7 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
     resumed_loss = state.extra.value("last_loss", 0.0);
     log::info("resumed from ", *resume_from, " at step ", step);
   }
-  MetricsLog metrics(run.metrics_path, step);
+  MetricsLog metrics(session.main_rank() ? run.metrics_path : std::string(), step);
 
   const auto flops = model::forward_flops_per_token(cfg, cfg.data.seq_len);
   const double peak = device_peak_flops(device);
@@ -103,7 +106,7 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
   int64_t tokens_this_run = 0;
   Stopwatch train_clock;
   while (step < cfg.train.steps) {
-    stop_if_interrupted(step, [&] {
+    stop_if_interrupted(session, step, [&] {
       save(step);
       return result.checkpoint;
     });
@@ -117,7 +120,7 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
     auto parts = torch::zeros({4}, torch::TensorOptions().dtype(torch::kDouble).device(device));
     const double inv = 1.0 / static_cast<double>(cfg.train.grad_accum_steps);
     for (int64_t micro = 0; micro < cfg.train.grad_accum_steps; ++micro) {
-      auto batch = to_tensors(loader.next(), device);
+      auto batch = to_tensors(loader.next(), device, rank * rows, rows);
       targets += batch.tokens;
       if (slm) kept += select_tokens(model, reference, batch, cfg.sft.slm.ratio);
       model::ForwardOutput out;
@@ -137,9 +140,17 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
       tokens += batch.input_ids.numel();
     }
     parts = parts.cpu();
-    const double loss = parts[0].item<double>(), main_loss = parts[1].item<double>();
-    const double mtp_loss = parts[2].item<double>(), balance = parts[3].item<double>();
-    const auto clip = optim::clip_grad_norm(params, cfg.optim.grad_clip);
+    // The objective is the mean of the ranks' losses: gradients and reported losses alike.
+    session.dp->all_reduce_gradients();
+    const auto mean_parts = session.dp->mean(
+        {parts[0].item<double>(), parts[1].item<double>(), parts[2].item<double>(),
+         parts[3].item<double>(), static_cast<double>(tokens)},
+        "loss");
+    const double loss = mean_parts[0], main_loss = mean_parts[1];
+    const double mtp_loss = mean_parts[2], balance = mean_parts[3];
+    tokens = static_cast<int64_t>(std::llround(mean_parts[4] * static_cast<double>(world)));
+    if (counts.defined()) counts = session.dp->global_counts(counts);
+    const auto clip = session.dp->clip_grad_norm(cfg.optim.grad_clip);
     const bool finite = std::isfinite(loss) && clip.finite;
     if (finite) {
       optimizer->step();
@@ -196,7 +207,9 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
       rec["bias_norm"] = bias;
     }
     metrics.write(rec);
-    if (step == start_step + 1 || step % cfg.log.every == 0 || step == cfg.train.steps) {
+    const bool log_step =
+        step == start_step + 1 || step % cfg.log.every == 0 || step == cfg.train.steps;
+    if (log_step && session.main_rank()) {
       const double elapsed = train_clock.seconds();
       StepLine line{step,
                     cfg.train.steps,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,6 +34,21 @@ struct TrainState {
   std::string config_yaml;       // the resolved config text
 };
 
+// How the ranks of a distributed run share one checkpoint directory (on a filesystem they all
+// see). Rank 0 writes the replicated state (model.safetensors and optimizer.safetensors hold
+// everything but the expert shards under expert parallelism), the trainer state and the
+// manifest; the first replica of each expert shard writes model.experts-<k>-of-<ep>.safetensors
+// and optimizer.experts-<k>-of-<ep>.safetensors; every rank writes its RNG state. The manifest's
+// "layout" records the shards (rows of the full stacked-expert tensors), so a checkpoint loads
+// at any other ep / dp layout, including one process (export, eval).
+struct CheckpointRanks {
+  int64_t rank = 0, world = 1;
+  int64_t ep_rank = 0, ep = 1;
+  bool shard_writer = true;  // this rank writes its expert shard (dp rank 0)
+  std::function<void(const std::string&)> barrier;           // every rank; names the point
+  std::function<std::string(const std::string&)> broadcast;  // rank 0's value, on every rank
+};
+
 // "<checkpoints_dir>/step-<step>".
 std::string checkpoint_path(const std::string& checkpoints_dir, int64_t step);
 
@@ -43,17 +59,21 @@ std::string checkpoint_path(const std::string& checkpoints_dir, int64_t step);
 // keep all; never the one just written nor the one `latest` named). Stale temporary directories
 // of dead processes are removed first. The optimizer must be a torch::optim::AdamW whose
 // parameters all belong to `model`. Returns the checkpoint directory.
+// In a distributed run every rank calls it with `ranks`; it returns on every rank once the
+// directory is installed.
 std::string save_train_checkpoint(const std::string& checkpoints_dir, torch::nn::Module& model,
                                   torch::optim::Optimizer& optimizer, const TrainState& state,
-                                  int64_t keep_last);
+                                  int64_t keep_last, const CheckpointRanks* ranks = nullptr);
 
 // Verifies the manifest (sizes and SHA-256), then reads and checks everything against `model` and
 // `optimizer` (names, shapes, dtypes, group membership) before changing any of them: on error
 // nothing is modified and the message names the file and every offending name, plus the valid
 // checkpoints next to this one. Restores parameters, buffers, AdamW state and hyper-parameters
-// by parameter name, and the CPU (and CUDA, per device) generator states.
+// by parameter name, and the CPU (and CUDA, per device) generator states (`rank`'s own when the
+// checkpoint has them, else rank 0's). A model with sharded experts reads its rows of the full
+// tensors, whatever layout the checkpoint was saved at.
 TrainState load_train_checkpoint(const std::string& checkpoint_dir, torch::nn::Module& model,
-                                 torch::optim::Optimizer& optimizer);
+                                 torch::optim::Optimizer& optimizer, int64_t rank = 0);
 
 // Only the model's parameters and buffers (e.g. to start SFT from a pretraining run): verifies
 // the manifest, checks every name, shape and dtype before changing anything, then copies.

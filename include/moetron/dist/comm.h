@@ -57,6 +57,8 @@ class Group {
   void broadcast(torch::Tensor& tensor, int64_t root, const std::string& what);
   // An all-reduce of one element: works on every backend and device.
   void barrier(const std::string& what);
+  // Where this group's tensors must live (CUDA for NCCL, CPU for Gloo and local groups).
+  torch::Device comm_device() const;
 
  private:
   friend class Comm;
@@ -116,5 +118,19 @@ class Comm {
   std::unique_ptr<State> state_;
   Group world_, ep_, dp_;
 };
+
+}  // namespace moetron::dist
+
+namespace moetron::dist {
+
+// This process's place in a distributed run, from the launcher's environment (torchrun or SLURM
+// variables; see read_dist_env) and the config's dist section: a world of one without them.
+// `device` is the configured device; on CUDA each rank takes cuda:LOCAL_RANK (returned in
+// *rank_device) and makes it current. Logs carry the rank from here on.
+// Group rank 0's `value` on every member (two broadcasts: length, bytes).
+std::string broadcast_string(Group& group, const std::string& value, const std::string& what);
+
+std::unique_ptr<Comm> init_from_env(const config::Config& cfg, const torch::Device& device,
+                                    torch::Device* rank_device);
 
 }  // namespace moetron::dist

@@ -14,6 +14,9 @@ struct BatchTensors {
   int64_t tokens = 0;  // target tokens (labels the shifted loss counts)
 };
 BatchTensors to_tensors(const data::Batch& batch, const torch::Device& device);
+// Rows [first_row, first_row + rows) only: a rank's share of a global micro-batch.
+BatchTensors to_tensors(const data::Batch& batch, const torch::Device& device, int64_t first_row,
+                        int64_t rows);
 
 // The chat template the configured stage uses (R1 format, sft.think_* and sft.loss_on_prompt;
 // DeepSeek's token strings when the tokenizer is an HF tokenizer.json).

@@ -15,7 +15,8 @@ namespace moetron::train {
 class MetricsLog {
  public:
   // Opens `path` for appending. With `resume_step` >= 0, records whose "step" is larger are
-  // dropped first (a crashed run may have logged past its last checkpoint).
+  // dropped first (a crashed run may have logged past its last checkpoint). An empty path
+  // writes nothing (ranks other than 0 in a distributed run).
   MetricsLog(std::string path, int64_t resume_step);
   void write(const nlohmann::json& record);
   const std::string& path() const { return path_; }
