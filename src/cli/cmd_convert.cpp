@@ -1,10 +1,18 @@
 // `moetron convert --from DIR --to DIR [--dtype bf16|fp32]`: reads an HF DeepSeek checkpoint
-// (single file, sharded, or official block-FP8), checks every tensor against the model built
-// from its config.json, and writes it back in HF's layout (e.g. FP8 -> bf16, re-sharding).
+// (single file, sharded, or official block-FP8) and checks every tensor against the model built
+// from its config.json, or a moetron training checkpoint (a step-<N> directory, or a run /
+// checkpoints directory for its latest; expert shards of any ep layout are assembled), and
+// writes it in HF's layout (e.g. FP8 -> bf16, re-sharding, training -> HF export).
 #include <torch/torch.h>
 
 #include "command.h"
+#include <filesystem>
+
 #include "moetron/ckpt/hf_model.h"
+#include "moetron/ckpt/train_checkpoint.h"
+#include "moetron/config/loader.h"
+#include "moetron/core/files.h"
+#include "moetron/train/evaluate.h"
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
 
@@ -28,9 +36,18 @@ int run_convert(const ConvertArgs& args) {
                 str_cat("--dtype: expected bf16 or fp32, got '", args.dtype, "'"));
   }
   torch::NoGradGuard no_grad;
-  auto loaded = ckpt::load_hf_model(args.from);
   const auto shard = static_cast<uint64_t>(args.max_shard_gb * (1ull << 30));
-  ckpt::save_hf_model(args.to, loaded.model, dtype, shard, args.overwrite);
+  if (std::filesystem::exists(std::filesystem::path(args.from) / "config.json")) {
+    auto loaded = ckpt::load_hf_model(args.from);
+    ckpt::save_hf_model(args.to, loaded.model, dtype, shard, args.overwrite);
+  } else {
+    const std::string checkpoint = train::resolve_checkpoint(args.from);
+    const std::string yaml_path = checkpoint + "/" + ckpt::kConfigFile;
+    const auto cfg = config::load_string(read_text_file(yaml_path), yaml_path);
+    model::DeepseekV3ForCausalLM model(cfg);
+    ckpt::load_checkpoint_model(checkpoint, *model);
+    ckpt::save_hf_model(args.to, model, dtype, shard, args.overwrite);
+  }
   log::info("wrote ", args.to, " (", args.dtype, ")");
   return 0;
 }
@@ -39,7 +56,9 @@ int run_convert(const ConvertArgs& args) {
 
 Run setup_convert(CLI::App& app) {
   auto args = std::make_shared<ConvertArgs>();
-  app.add_option("--from", args->from, "HF checkpoint directory to read")->required();
+  app.add_option("--from", args->from,
+                 "HF checkpoint directory, or a moetron training checkpoint / run directory")
+      ->required();
   app.add_option("--to", args->to, "Directory to write (must not exist or be empty)")->required();
   app.add_option("--dtype", args->dtype, "Stored dtype: bf16 or fp32")->capture_default_str();
   app.add_option("--max-shard-gb", args->max_shard_gb, "Shard size limit in GiB")

@@ -103,6 +103,22 @@ TEST_F(DistributedTrain, ExpertParallelRunsEqualOneProcess) {
   ASSERT_TRUE(fs::exists(ckpt + "/model.experts-1-of-2.safetensors"));
   ASSERT_TRUE(fs::exists(ckpt + "/optimizer.experts-1-of-2.safetensors"));
   ASSERT_TRUE(fs::exists(ckpt + "/rng.rank-1.safetensors"));
+  // It exports to HF format with all 8 experts of each MoE layer, assembled from both shards.
+  const std::string hf = root_ + "/ep2_hf";
+  auto run = run_ranks({kMoetron, "convert", "--from", root_ + "/ep2", "--to", hf, "--dtype",
+                        "fp32"},
+                       1, root_, 120);
+  ASSERT_EQ(run.ranks[0].exit_code, 0) << all_output(run);
+  std::ifstream in(hf + "/model.safetensors", std::ios::binary);
+  uint64_t header_len = 0;
+  in.read(reinterpret_cast<char*>(&header_len), 8);
+  std::string header(header_len, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(header_len));
+  const auto names = nlohmann::json::parse(header);
+  for (const std::string expert : {"0", "3", "4", "7"}) {
+    EXPECT_TRUE(names.contains("model.layers.2.mlp.experts." + expert + ".down_proj.weight"))
+        << expert;
+  }
 }
 
 // Saved at ep=2 after 2 steps; resumed for a third step at ep=2, at ep=1 (one process) and at
