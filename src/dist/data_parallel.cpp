@@ -102,20 +102,37 @@ torch::Tensor DataParallel::global_counts(const torch::Tensor& counts_ME) {
   return c;
 }
 
-std::vector<double> DataParallel::mean(const std::vector<double>& values,
-                                       const std::string& what) {
-  if (!comm_.distributed() || values.empty()) return values;
-  auto t = torch::tensor(values, torch::kDouble).to(comm_.device());
-  comm_.world().all_reduce(t, ReduceOp::kSum, what);
-  t = t.cpu() / static_cast<double>(comm_.world_size());
+namespace {
+std::vector<double> reduce(Comm& comm, const std::vector<double>& values, ReduceOp op,
+                           const std::string& what) {
+  if (!comm.distributed() || values.empty()) return values;
+  auto t = torch::tensor(values, torch::kDouble).to(comm.device());
+  comm.world().all_reduce(t, op, what);
+  t = t.cpu();
   return {t.data_ptr<double>(), t.data_ptr<double>() + t.numel()};
 }
+}  // namespace
 
-int64_t DataParallel::sum(int64_t value, const std::string& what) {
-  if (!comm_.distributed()) return value;
-  auto t = torch::tensor({value}, torch::kInt64).to(comm_.device());
-  comm_.world().all_reduce(t, ReduceOp::kSum, what);
-  return t.cpu().item<int64_t>();
+std::vector<double> DataParallel::sum(const std::vector<double>& values, const std::string& what) {
+  return reduce(comm_, values, ReduceOp::kSum, what);
+}
+
+std::vector<double> DataParallel::mean(const std::vector<double>& values,
+                                       const std::string& what) {
+  auto out = sum(values, what);
+  if (comm_.distributed()) {
+    for (auto& v : out) v /= static_cast<double>(comm_.world_size());
+  }
+  return out;
+}
+
+std::vector<double> DataParallel::max(const std::vector<double>& values, const std::string& what) {
+  return reduce(comm_, values, ReduceOp::kMax, what);
+}
+
+int64_t DataParallel::max(int64_t value, const std::string& what) {
+  // Exact in a double for any count this is used for (< 2^53).
+  return static_cast<int64_t>(max(std::vector<double>{static_cast<double>(value)}, what)[0]);
 }
 
 }  // namespace moetron::dist

@@ -206,10 +206,6 @@ class PhaseMemory {
   torch::Device device_;
 };
 
-double mean_of(const std::vector<double>& v) {
-  return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-}
-
 }  // namespace
 
 TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options) {
@@ -233,11 +229,18 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
   config::validate(cfg_in);
 
   Session session = open_session(cfg_in, options);
-  MOETRON_CHECK_CONFIG(!session.comm->distributed(),
-                       "train.stage: grpo runs in one process in this version (got ",
-                       session.world(),
-                       " ranks); launch it without torchrun/SLURM/moetron launch, or train "
-                       "pretrain/SFT stages distributed and GRPO on one process");
+  // Data parallelism: each rank samples and trains on its share of the step's prompts (whole
+  // groups, so group statistics stay local); expert parallelism would need every rank to decode
+  // in lockstep, which the generation engine does not do yet.
+  const int64_t world = session.world(), rank = session.rank();
+  MOETRON_CHECK_CONFIG(cfg_in.dist.ep == 1,
+                       "train.stage: grpo supports data parallelism only (dist.ep: 1); got "
+                       "dist.ep=",
+                       cfg_in.dist.ep);
+  MOETRON_CHECK_CONFIG(rl_cfg.prompts_per_step % world == 0 && rl_cfg.mini_batch_size % world == 0,
+                       "rl.prompts_per_step (", rl_cfg.prompts_per_step,
+                       ") and rl.mini_batch_size (", rl_cfg.mini_batch_size,
+                       ") must be divisible by the number of ranks (", world, ")");
   const config::Config& cfg = session.cfg;
   const torch::Device device = session.device;
   auto& model = session.model;
@@ -255,9 +258,10 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
   auto sampling = sampling_options(cfg, tokenizer);
 
   const int64_t G = rl_cfg.num_generations;
-  const int64_t P = rl_cfg.prompts_per_step;
+  const int64_t P_global = rl_cfg.prompts_per_step;
+  const int64_t P = P_global / world;  // this rank's prompts per step
   const int64_t updates_per_step =
-      rl_cfg.ppo_epochs * std::max<int64_t>(1, P * G / rl_cfg.mini_batch_size);
+      rl_cfg.ppo_epochs * std::max<int64_t>(1, P_global * G / rl_cfg.mini_batch_size);
   const int64_t total_updates = cfg.train.steps * updates_per_step;
 
   int64_t step = 0, updates = 0;
@@ -268,7 +272,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     updates = state.extra.value("optimizer_steps", int64_t{0});
     log::info("resumed from ", *session.resume_from, " at step ", step);
   }
-  MetricsLog metrics(session.run.metrics_path, step);
+  MetricsLog metrics(session.main_rank() ? session.run.metrics_path : std::string(), step);
   TrainResult result;
   result.run_dir = session.run.root;
   if (session.resume_from) result.checkpoint = *session.resume_from;
@@ -297,18 +301,30 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     double entropy_tokens = 0, n_truncated = 0, pass1 = 0, passG = 0;
     int64_t groups_sampled = 0, gen_tokens = 0, rounds = 0;
     double gen_s = 0, reward_s = 0;
-    while (static_cast<int64_t>(samples.size()) < P * G && rounds < rl_cfg.max_sampling_rounds) {
-      const int64_t need = P - static_cast<int64_t>(samples.size()) / G;
+    while (true) {
+      const bool open =
+          static_cast<int64_t>(samples.size()) < P * G && rounds < rl_cfg.max_sampling_rounds &&
+          (rl_cfg.dynamic_sampling || rounds == 0);
+      const int64_t need = open ? P - static_cast<int64_t>(samples.size()) / G : 0;
+      // Every rank draws the same prompts from the shared stream (world x the largest need) and
+      // takes its own slice, so the stream stays identical on all ranks.
+      const int64_t need_max = world > 1 ? session.dp->max(need, "sampling round") : need;
+      if (need_max == 0) break;
       std::vector<int64_t> picked;
       std::vector<std::string> texts;
-      for (int64_t i = 0; i < need; ++i) {
-        picked.push_back(stream.next());
-        texts.push_back(prompts[picked.back()].prompt);
+      for (int64_t i = 0; i < world * need_max; ++i) {
+        const int64_t index = stream.next();
+        if (i >= rank * need_max && i < rank * need_max + need) {
+          picked.push_back(index);
+          texts.push_back(prompts[index].prompt);
+        }
       }
       // Seeded per (seed, step, round): a resumed run samples what the uninterrupted one did.
       sampling.seed = static_cast<uint64_t>(cfg.train.seed) * 1000003u +
-                      static_cast<uint64_t>(step) * 64u + static_cast<uint64_t>(rounds);
+                      static_cast<uint64_t>(step) * 64u + static_cast<uint64_t>(rounds) +
+                      (static_cast<uint64_t>(rank) << 40);
       ++rounds;
+      if (need == 0) continue;
       Stopwatch gen_clock;
       auto sampled = sample_groups(model, chat, texts, G, sampling);
       gen_s += gen_clock.seconds();
@@ -353,7 +369,6 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
         }
       }
       reward_s += reward_clock.seconds();
-      if (!rl_cfg.dynamic_sampling) break;
     }
     const double gen_mb = memory.end_mb();
     gen_tokens_run += gen_tokens;
@@ -363,13 +378,17 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
       log::warn("step ", step + 1, ": dynamic sampling kept ", n_samples / G, " of ", P,
                 " groups after ", rounds, " rounds (rl.max_sampling_rounds); training on those");
     }
+    // Every rank makes the same number of updates (a rank short of samples contributes zero
+    // gradients); a mini-batch is rl.mini_batch_size samples over all ranks.
+    const int64_t mini_local = rl_cfg.mini_batch_size / world;
 
     // ---- updates
     memory.begin();
     Stopwatch train_clock;
     const int64_t micro = rl_cfg.micro_batch_size;
-    const int64_t mini = std::min<int64_t>(rl_cfg.mini_batch_size, std::max<int64_t>(n_samples, 1));
-    const int64_t n_minis = n_samples == 0 ? 0 : (n_samples + mini - 1) / mini;
+    const int64_t mini = std::min<int64_t>(mini_local, std::max<int64_t>(n_samples, 1));
+    const int64_t local_minis = n_samples == 0 ? 0 : (n_samples + mini - 1) / mini;
+    const int64_t n_minis = world > 1 ? session.dp->max(local_minis, "mini-batches") : local_minis;
     // With one update per rollout batch the policy still equals the sampler when the loss is
     // evaluated, so the old log-probs are that forward's own (detached) values; otherwise they
     // are computed once up front, before any update moves the policy.
@@ -386,20 +405,30 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     auto logp_diff_dev = torch::zeros({}, torch::TensorOptions().device(device));
     double grad_norm = 0, lr = 0;
     int64_t skipped_updates = 0;
-    for (int64_t epoch = 0; epoch < rl_cfg.ppo_epochs && n_samples > 0; ++epoch) {
+    for (int64_t epoch = 0; epoch < rl_cfg.ppo_epochs && n_minis > 0; ++epoch) {
       // Mini-batches draw from a fresh seeded order each pass (distinct per step and epoch).
       const auto order =
           data::shuffled_order(n_samples, cfg.train.seed, step * rl_cfg.ppo_epochs + epoch);
-      for (int64_t m0 = 0; m0 < n_samples; m0 += mini) {
+      for (int64_t mb_index = 0; mb_index < n_minis; ++mb_index) {
+        const int64_t m0 = std::min(mb_index * mini, n_samples);
         std::vector<int64_t> rows(order.begin() + m0,
                                   order.begin() + std::min<int64_t>(m0 + mini, n_samples));
-        // Aggregation denominators over the whole mini-batch.
+        // Aggregation denominators over the whole mini-batch, on all ranks; each rank's loss is
+        // scaled by the world size because the gradient reduction averages over ranks.
         rl::LossNormalizer norm;
         norm.max_length = rl_cfg.max_new_tokens;
         for (int64_t r : rows) {
           if (!samples[r].in_loss || samples[r].completion_len() == 0) continue;
           ++norm.num_sequences;
           norm.num_tokens += samples[r].completion_len();
+        }
+        if (world > 1) {
+          const auto totals =
+              session.dp->sum({static_cast<double>(norm.num_sequences),
+                               static_cast<double>(norm.num_tokens)},
+                              "loss normaliser");
+          norm.num_sequences = static_cast<int64_t>(std::llround(totals[0]));
+          norm.num_tokens = static_cast<int64_t>(std::llround(totals[1]));
         }
         lr = optim::lr_at(cfg.optim, updates, total_updates);
         optim::set_lr(*optimizer, lr);
@@ -422,11 +451,12 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           }
           auto out =
               rl::policy_loss(logp, mb.old_BT, mb.ref_BT, mb.adv_B, mb.mask_BT, loss_opts, norm);
-          out.loss.backward();
+          (world > 1 ? out.loss * static_cast<double>(world) : out.loss).backward();
           stats_dev += out.stats;
           ratio_max_dev = torch::maximum(ratio_max_dev, out.stats[rl::kStatRatioMax]);
         }
-        const auto clip = optim::clip_grad_norm(session.params, cfg.optim.grad_clip);
+        session.dp->all_reduce_gradients();
+        const auto clip = session.dp->clip_grad_norm(cfg.optim.grad_clip);
         grad_norm = clip.total_norm;
         if (clip.finite) {
           optimizer->step();
@@ -442,62 +472,93 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     const double train_mb = memory.end_mb();
     ++step;
 
-    // ---- metrics
-    std::vector<double> advs;
-    for (const auto& s : samples) advs.push_back(s.advantage);
-    double adv_sd = 0;
-    const double adv_mean = mean_of(advs);
-    for (double a : advs) adv_sd += (a - adv_mean) * (a - adv_mean);
-    adv_sd = advs.size() > 1 ? std::sqrt(adv_sd / static_cast<double>(advs.size() - 1)) : 0;
-    const auto stats = stats_dev.cpu();
-    const double ratio_max = ratio_max_dev.item<double>();
-    const double logp_diff_max = logp_diff_dev.item<double>();
-    const double tokens = std::max(1.0, stats[rl::kStatTokens].item<double>());
-    const double reward_mean = mean_of(all_rewards);
+    // ---- metrics, over all ranks: sums (and maxima) reduced once, then the usual ratios
+    const auto stats_local = stats_dev.cpu();
+    std::vector<double> sums = {0, static_cast<double>(all_rewards.size()), 0, n_truncated,
+                                entropy_tokens, static_cast<double>(gen_tokens),
+                                static_cast<double>(groups_sampled), pass1, passG,
+                                static_cast<double>(n_samples), 0, 0};
+    enum { kReward, kRewards, kLength, kTruncated, kEntropy, kGenTokens, kGroups, kPass1, kPassG,
+           kKept, kAdv, kAdvSq, kNumSums };
+    for (double r : all_rewards) sums[kReward] += r;
+    for (double l : all_lengths) sums[kLength] += l;
+    double adv_max = -INFINITY, adv_min = INFINITY;
+    for (const auto& smp : samples) {
+      sums[kAdv] += smp.advantage;
+      sums[kAdvSq] += smp.advantage * smp.advantage;
+      adv_max = std::max(adv_max, smp.advantage);
+      adv_min = std::min(adv_min, smp.advantage);
+    }
+    for (int64_t i = 0; i < rl::kNumStats; ++i) sums.push_back(stats_local[i].item<double>());
+    for (const auto& comp : all_components) {
+      sums.push_back(std::accumulate(comp.begin(), comp.end(), 0.0));
+    }
+    std::vector<double> maxima = {
+        all_lengths.empty() ? 0.0 : *std::max_element(all_lengths.begin(), all_lengths.end()),
+        adv_max, -adv_min, ratio_max_dev.item<double>(), logp_diff_dev.item<double>(), gen_s};
+    sums = session.dp->sum(sums, "step metrics");
+    maxima = session.dp->max(maxima, "step metrics");
+    auto stat = [&](int64_t i) { return sums[kNumSums + i]; };
+    auto component_mean = [&](size_t c) {
+      return sums[kRewards] > 0 ? sums[kNumSums + rl::kNumStats + c] / sums[kRewards] : 0.0;
+    };
+    const double n_adv = sums[kKept];
+    const double adv_mean = n_adv > 0 ? sums[kAdv] / n_adv : 0.0;
+    const double adv_sd =
+        n_adv > 1 ? std::sqrt(std::max(0.0, (sums[kAdvSq] - n_adv * adv_mean * adv_mean) /
+                                                (n_adv - 1)))
+                  : 0.0;
+    const double ratio_max = maxima[3];
+    const double logp_diff_max = maxima[4];
+    const double tokens = std::max(1.0, stat(rl::kStatTokens));
+    const double reward_mean = sums[kRewards] > 0 ? sums[kReward] / sums[kRewards] : 0.0;
+    const double gen_tokens_all = sums[kGenTokens];
+    const double gen_s_max = maxima[5];
+    const double groups_all = sums[kGroups];
     result.last_loss = reward_mean;
     nlohmann::json rec{
         {"step", step},
         {"reward_mean", reward_mean},
-        {"response_length_mean", mean_of(all_lengths)},
-        {"response_length_max",
-         all_lengths.empty() ? 0.0 : *std::max_element(all_lengths.begin(), all_lengths.end())},
-        {"truncation_ratio", all_lengths.empty() ? 0.0 : n_truncated / all_lengths.size()},
-        {"entropy", gen_tokens > 0 ? entropy_tokens / static_cast<double>(gen_tokens) : 0.0},
-        {"groups_sampled", groups_sampled},
-        {"groups_kept", n_samples / G},
+        {"response_length_mean", sums[kRewards] > 0 ? sums[kLength] / sums[kRewards] : 0.0},
+        {"response_length_max", maxima[0]},
+        {"truncation_ratio", sums[kRewards] > 0 ? sums[kTruncated] / sums[kRewards] : 0.0},
+        {"entropy", gen_tokens_all > 0 ? sums[kEntropy] / gen_tokens_all : 0.0},
+        {"groups_sampled", static_cast<int64_t>(groups_all)},
+        {"groups_kept", static_cast<int64_t>(sums[kKept]) / G},
         {"sampling_rounds", rounds},
         {"advantage_mean", adv_mean},
         {"advantage_std", adv_sd},
-        {"advantage_min", advs.empty() ? 0.0 : *std::min_element(advs.begin(), advs.end())},
-        {"advantage_max", advs.empty() ? 0.0 : *std::max_element(advs.begin(), advs.end())},
-        {"clip_frac_low", stats[rl::kStatClipLow].item<double>() / tokens},
-        {"clip_frac_high", stats[rl::kStatClipHigh].item<double>() / tokens},
-        {"ratio_mean", stats[rl::kStatRatioSum].item<double>() / tokens},
+        {"advantage_min", n_adv > 0 ? -maxima[2] : 0.0},
+        {"advantage_max", n_adv > 0 ? maxima[1] : 0.0},
+        {"clip_frac_low", stat(rl::kStatClipLow) / tokens},
+        {"clip_frac_high", stat(rl::kStatClipHigh) / tokens},
+        {"ratio_mean", stat(rl::kStatRatioSum) / tokens},
         {"ratio_max", ratio_max},
         {"logp_diff_max", logp_diff_max},
         {"grad_norm", grad_norm},
         {"lr", lr},
         {"optimizer_steps", updates},
         {"skipped_updates", skipped_updates},
-        {"gen_tokens", gen_tokens},
-        {"gen_tokens_per_s", gen_s > 0 ? static_cast<double>(gen_tokens) / gen_s : 0.0},
+        {"gen_tokens", static_cast<int64_t>(gen_tokens_all)},
+        {"gen_tokens_per_s", gen_s_max > 0 ? gen_tokens_all / gen_s_max : 0.0},
         {"time_generate_s", gen_s},
         {"time_reward_s", reward_s},
         {"time_train_s", train_s},
         {"step_time_s", step_clock.seconds()},
         {"memory_generate_mb", gen_mb},
         {"memory_train_mb", train_mb}};
-    if (rl_cfg.beta > 0) rec["kl"] = stats[rl::kStatKl].item<double>() / tokens;
+    if (rl_cfg.beta > 0) rec["kl"] = stat(rl::kStatKl) / tokens;
     for (size_t c = 0; c < reward_names.size(); ++c) {
-      rec["reward/" + reward_names[c]] = mean_of(all_components[c]);
+      rec["reward/" + reward_names[c]] = component_mean(c);
     }
     if (acc_index >= 0) {
-      rec["accuracy"] = mean_of(all_components[acc_index]);
-      rec["pass@1"] = groups_sampled ? pass1 / groups_sampled : 0.0;
-      rec[str_cat("pass@", G)] = groups_sampled ? passG / groups_sampled : 0.0;
+      rec["accuracy"] = component_mean(static_cast<size_t>(acc_index));
+      rec["pass@1"] = groups_all > 0 ? sums[kPass1] / groups_all : 0.0;
+      rec[str_cat("pass@", G)] = groups_all > 0 ? sums[kPassG] / groups_all : 0.0;
     }
     metrics.write(rec);
-    if (step == start_step + 1 || step % cfg.log.every == 0 || step == cfg.train.steps) {
+    if (session.main_rank() &&
+        (step == start_step + 1 || step % cfg.log.every == 0 || step == cfg.train.steps)) {
       const double elapsed = run_clock.seconds();
       log::info(
           "step ", step, "/", cfg.train.steps, " | reward ", reward_mean,

@@ -32,9 +32,11 @@ class DataParallel {
   optim::ClipResult clip_grad_norm(double max_norm);
   // Sums [M, E] per-rank expert counts over all ranks (for the bias update and load metrics).
   torch::Tensor global_counts(const torch::Tensor& counts_ME);
-  // Mean over ranks of a few scalars (one all-reduce).
+  // Sum / mean / max over ranks of a few scalars (one all-reduce each).
+  std::vector<double> sum(const std::vector<double>& values, const std::string& what);
   std::vector<double> mean(const std::vector<double>& values, const std::string& what);
-  int64_t sum(int64_t value, const std::string& what);
+  std::vector<double> max(const std::vector<double>& values, const std::string& what);
+  int64_t max(int64_t value, const std::string& what);
 
   Comm& comm() { return comm_; }
 
