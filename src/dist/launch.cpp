@@ -184,7 +184,8 @@ std::vector<std::string> child_environment(
 }
 
 // Child side of fork(): own process group, killed with the launcher, stdin from /dev/null,
-// stdout/stderr into the pipes, default signal handling, exec.
+// stdout/stderr into the pipes, default signal handling, then signals unblocked (a SIGTERM
+// forwarded since fork acts now, the default way), exec.
 [[noreturn]] void exec_child(const char* program, char* const* argv, char* const* envp, int out_fd,
                              int err_fd, pid_t launcher) {
   ::setpgid(0, 0);
@@ -224,11 +225,19 @@ void start_rank(Rank& r, const Exec& exec, std::vector<std::string> env) {
   auto argv = pointers(args);
   auto envp = pointers(env);
   const pid_t launcher = ::getpid();
+  // SIGINT/SIGTERM stay blocked across fork until the child has reset its handlers: a signal
+  // forwarded in between would otherwise run the launcher's handler in the child and be lost.
+  sigset_t interrupts, old_mask;
+  sigemptyset(&interrupts);
+  sigaddset(&interrupts, SIGINT);
+  sigaddset(&interrupts, SIGTERM);
+  ::sigprocmask(SIG_BLOCK, &interrupts, &old_mask);
   const pid_t pid = ::fork();
   if (pid == 0) {
     exec_child(exec.program.c_str(), argv.data(), envp.data(), out_pipe[1], err_pipe[1], launcher);
   }
   const int err = errno;
+  ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
   if (pid < 0) {
