@@ -1,6 +1,9 @@
 // A stand-in rank for the launcher tests; argv picks the behaviour. Always first prints its pid
 // and launcher environment as one stdout line ("env PID=123 RANK=0 WORLD_SIZE=2 ...") and "ready
 // <rank>" on stderr once its signal handlers are installed. Then:
+//   --sync DIR               after "ready", create DIR/ready.<rank>; a failing rank (below)
+//                            first waits (up to 60 s) until every rank of WORLD_SIZE has, so the
+//                            others have their signal handling installed when it fails
 //   --fail-rank R --code C   rank R exits with C after --delay-ms (default 300) ms
 //   --kill-rank R            rank R kills itself with SIGKILL after the delay
 //   --succeed-on-restart N   every rank exits 1 until TORCHELASTIC_RESTART_COUNT >= N
@@ -44,6 +47,7 @@ int main(int argc, char** argv) {
   long fail_rank = -1, kill_rank = -1, code = 1, delay_ms = 300, succeed_on = -1;
   bool hang = false, ignore_term = false;
   const char* partial = nullptr;
+  const char* sync_dir = nullptr;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -69,6 +73,8 @@ int main(int argc, char** argv) {
       ignore_term = true;
     } else if (a == "--partial") {
       partial = next();
+    } else if (a == "--sync") {
+      sync_dir = next();
     } else if (a == "--hang") {
       hang = true;
     } else {
@@ -94,6 +100,23 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "ready %ld\n", rank);
   std::fflush(stderr);
 
+  if (sync_dir != nullptr) {
+    const std::string mine = std::string(sync_dir) + "/ready." + std::to_string(rank);
+    const int fd = ::open(mine.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) ::close(fd);
+  }
+  if (sync_dir != nullptr && (rank == fail_rank || rank == kill_rank)) {
+    const long world = std::atol(var("WORLD_SIZE").c_str());
+    for (int waited_ms = 0; waited_ms < 60000; waited_ms += 10) {
+      long ready = 0;
+      for (long r = 0; r < world; ++r) {
+        const std::string path = std::string(sync_dir) + "/ready." + std::to_string(r);
+        ready += ::access(path.c_str(), F_OK) == 0 ? 1 : 0;
+      }
+      if (ready == world) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
   if (partial != nullptr) {
     std::fputs(partial, stdout);
     std::fflush(stdout);

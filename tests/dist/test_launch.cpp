@@ -164,7 +164,8 @@ TEST_F(LaunchTest, PrefixesEveryLineAndFlushesPartialLines) {
 
 TEST_F(LaunchTest, FailingRankStopsTheOthersAndSetsTheExitCode) {
   const auto start = std::chrono::steady_clock::now();
-  const auto r = launch({"--nproc-per-node", "3"}, {"--fail-rank", "1", "--code", "3", "--hang"});
+  const auto r = launch({"--nproc-per-node", "3"},
+                        {"--fail-rank", "1", "--code", "3", "--hang", "--sync", dir_});
   const auto took = std::chrono::steady_clock::now() - start;
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_LT(took, 20s) << "the hanging ranks were not stopped";
@@ -178,14 +179,15 @@ TEST_F(LaunchTest, FailingRankStopsTheOthersAndSetsTheExitCode) {
 }
 
 TEST_F(LaunchTest, RankKilledBySignalIsNamedAndTheLauncherExitsOne) {
-  const auto r = launch({"--nproc-per-node", "2"}, {"--kill-rank", "0", "--hang"});
+  const auto r = launch({"--nproc-per-node", "2"}, {"--kill-rank", "0", "--hang", "--sync", dir_});
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_TRUE(contains(r.err, "rank 0 was killed by signal 9 (SIGKILL)")) << r.err;
 }
 
 TEST_F(LaunchTest, RanksIgnoringSigtermGetSigkillAfterTheTimeout) {
-  const auto r = launch({"--nproc-per-node", "2", "--term-timeout", "1"},
-                        {"--fail-rank", "0", "--code", "5", "--ignore-term", "--hang"});
+  const auto r =
+      launch({"--nproc-per-node", "2", "--term-timeout", "1"},
+             {"--fail-rank", "0", "--code", "5", "--ignore-term", "--hang", "--sync", dir_});
   EXPECT_EQ(r.code, 5) << r.err;
   EXPECT_TRUE(contains(r.err, "ranks 1 still running after 1 s; sending SIGKILL")) << r.err;
   EXPECT_TRUE(contains(r.err, "rank 1 was killed by signal 9 (SIGKILL)")) << r.err;
@@ -260,38 +262,52 @@ TEST_F(LaunchTest, GivesUpAfterMaxRestarts) {
   EXPECT_TRUE(contains(r.err, "no restarts left (--max-restarts 1)")) << r.err;
 }
 
-TEST_F(LaunchTest, BadOptionsExitTwoNamingTheOption) {
-  struct Case {
-    std::vector<std::string> args;
-    std::string names;
-  };
-  const std::vector<Case> cases = {
-      {{"--nproc-per-node", "0", "--", kProbe}, "--nproc-per-node"},
-      {{"--nproc-per-node", "two", "--", kProbe}, "--nproc-per-node"},
-      {{"--", kProbe}, "--nproc-per-node"},
-      {{"--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "2", "--master-addr", "h", "--",
-        kProbe},
-       "--node-rank"},
-      {{"--nproc-per-node", "1", "--master-port", "70000", "--", kProbe}, "--master-port"},
-      {{"--nproc-per-node", "1", "--nnodes", "2", "--", kProbe}, "--master-addr"},
-      {{"--nproc-per-node", "1", "--nnodes", "2", "--master-addr", "h", "--master-port", "0", "--",
-        kProbe},
-       "--master-port"},
-      {{"--nproc-per-node", "1", "--max-restarts", "-1", "--", kProbe}, "--max-restarts"},
-      {{"--nproc-per-node", "1", "--term-timeout", "-1", "--", kProbe}, "--term-timeout"},
-      {{"--nproc-per-node", "1"}, "command"},
-      {{"--nproc-per-node", "1", "--", dir_ + "/no/such/program"}, "/no/such/program"},
-  };
+struct BadLaunch {
+  std::vector<std::string> args;
+  std::string names;  // part of the message, e.g. the option
+};
+
+// Every case exits 2 naming what is wrong, before any rank starts.
+void expect_usage_errors(const std::vector<BadLaunch>& cases, const std::string& cwd) {
   for (const auto& c : cases) {
     std::vector<std::string> a = {"launch"};
     a.insert(a.end(), c.args.begin(), c.args.end());
-    const auto r = moetron::testing::run_moetron(a, dir_);
+    const auto r = moetron::testing::run_moetron(a, cwd);
     std::string shown;
     for (const auto& s : c.args) shown += " " + s;
     EXPECT_EQ(r.code, 2) << shown << "\n" << r.err;
     EXPECT_TRUE(contains(r.err, c.names)) << shown << "\n" << r.err;
     EXPECT_TRUE(r.out.empty()) << shown << "\n" << r.out;
   }
+}
+
+TEST_F(LaunchTest, BadNumbersExitTwoNamingTheOption) {
+  expect_usage_errors(
+      {
+          {{"--nproc-per-node", "0", "--", kProbe}, "--nproc-per-node"},
+          {{"--nproc-per-node", "two", "--", kProbe}, "--nproc-per-node"},
+          {{"--", kProbe}, "--nproc-per-node"},
+          {{"--nproc-per-node", "1", "--master-port", "70000", "--", kProbe}, "--master-port"},
+          {{"--nproc-per-node", "1", "--max-restarts", "-1", "--", kProbe}, "--max-restarts"},
+          {{"--nproc-per-node", "1", "--term-timeout", "-1", "--", kProbe}, "--term-timeout"},
+      },
+      dir_);
+}
+
+TEST_F(LaunchTest, BadNodesOrCommandExitTwoNamingIt) {
+  expect_usage_errors(
+      {
+          {{"--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "2", "--master-addr", "h",
+            "--", kProbe},
+           "--node-rank"},
+          {{"--nproc-per-node", "1", "--nnodes", "2", "--", kProbe}, "--master-addr"},
+          {{"--nproc-per-node", "1", "--nnodes", "2", "--master-addr", "h", "--master-port", "0",
+            "--", kProbe},
+           "--master-port"},
+          {{"--nproc-per-node", "1"}, "command"},
+          {{"--nproc-per-node", "1", "--", dir_ + "/no/such/program"}, "/no/such/program"},
+      },
+      dir_);
 }
 
 TEST_F(LaunchTest, MoetronSubcommandsRunWithThisBinary) {
