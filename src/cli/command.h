@@ -40,6 +40,7 @@ Run setup_data(CLI::App& app);
 Run setup_distill(CLI::App& app);
 Run setup_eval(CLI::App& app);
 Run setup_generate(CLI::App& app);
+Run setup_launch(CLI::App& app);
 Run setup_reward(CLI::App& app);
 Run setup_run(CLI::App& app);
 Run setup_train(CLI::App& app);

@@ -3,7 +3,6 @@
 // one JSON line.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -19,18 +18,17 @@
 #include "moetron/train/evaluate.h"
 #include "moetron/train/trainer.h"
 #include "support/cli_runner.h"
+#include "support/process.h"
 #include "train_test_util.h"
-
-extern char** environ;
 
 namespace moetron::train {
 namespace {
 
 using namespace moetron::train::testing;
+using moetron::testing::ChildGuard;
+using moetron::testing::count_lines;
 using moetron::testing::run_moetron;
-using moetron::testing::shell_quote;
-
-const std::string kBinary = std::string(MOETRON_BINARY_DIR) + "/bin/moetron";
+using moetron::testing::spawn_moetron;
 
 class TrainerCliTest : public ScratchTest {
  protected:
@@ -42,34 +40,6 @@ class TrainerCliTest : public ScratchTest {
   }
   void expect_sigterm_resume(const std::vector<std::string>& common, int64_t kSteps);
 };
-
-// Starts `moetron args...` in `cwd` without waiting (a shell that execs the binary, so the pid
-// is the trainer's), stdout/stderr to files.
-pid_t spawn_moetron(const std::vector<std::string>& args, const std::string& cwd,
-                    const std::string& out, const std::string& err) {
-  std::string cmd = "cd " + shell_quote(cwd) + " && exec " + shell_quote(kBinary);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " >" + shell_quote(out) + " 2>" + shell_quote(err);
-  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
-  pid_t pid = -1;
-  const int rc =
-      ::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ);
-  return rc == 0 ? pid : -1;
-}
-
-// Kills and reaps the child if a failed assertion leaves it running.
-struct ChildGuard {
-  pid_t pid = -1;
-  ~ChildGuard() {
-    if (pid > 0 && ::kill(pid, SIGKILL) == 0) ::waitpid(pid, nullptr, 0);
-  }
-};
-
-size_t count_lines(const std::string& path) {
-  if (!fs::exists(path)) return 0;
-  const std::string text = moetron::testing::read_text(path);
-  return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
-}
 
 std::vector<std::string> cli_args(const std::vector<std::string>& overrides) {
   std::vector<std::string> args = {"train", kTinyYaml};

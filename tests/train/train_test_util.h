@@ -19,22 +19,19 @@
 #include "moetron/config/loader.h"
 #include "moetron/core/error.h"
 #include "moetron/core/files.h"
+#include "support/tiny_train.h"
 
 namespace moetron::train::testing {
 
 namespace fs = std::filesystem;
 
-inline const std::string kTinyYaml = std::string(MOETRON_SOURCE_DIR) + "/configs/tiny.yaml";
+using moetron::testing::kTinyYaml;
 
-// Overrides that make configs/tiny.yaml fast: short rows, small batches, a small built-in task,
-// one eval batch, short greedy decodes, no periodic eval or checkpoints unless a test asks.
+// Overrides that make configs/tiny.yaml fast (support/tiny_train.h, shared with the launcher
+// tests).
 inline std::vector<std::string> fast_overrides(const std::string& run_dir,
                                                const std::string& name) {
-  return {"log.run_dir=" + run_dir, "log.name=" + name,       "log.level=warn",
-          "train.device=cpu",       "data.seq_len=64",        "train.micro_batch_size=4",
-          "data.task_size=200",     "data.task_eval_size=20", "train.eval_batches=1",
-          "train.eval_every=0",     "rl.max_new_tokens=16",   "ckpt.save_every=0",
-          "optim.warmup_steps=2"};
+  return moetron::testing::fast_train_overrides(run_dir, name);
 }
 
 // configs/tiny.yaml + fast_overrides + `extra` (applied last, so they win).
