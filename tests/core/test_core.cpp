@@ -96,6 +96,33 @@ TEST(Signals, InterruptSetsFlag) {
   std::signal(SIGINT, SIG_DFL);
 }
 
+// SLURM and a launcher both deliver the same SIGTERM: the echo within 2 s is one request, not
+// the "stop now" of a second signal (which would kill this test process).
+TEST(Signals, AnEchoOfTheSameSignalIsOneRequest) {
+  signals::reset();
+  signals::install_interrupt_handlers();
+  std::raise(SIGTERM);
+  std::raise(SIGTERM);
+  EXPECT_TRUE(signals::interrupt_requested());
+  EXPECT_EQ(signals::interrupt_signal(), SIGTERM);
+  signals::reset();
+  std::signal(SIGTERM, SIG_DFL);
+  std::signal(SIGINT, SIG_DFL);
+}
+
+// A second, different signal still stops the process the default way.
+TEST(SignalsDeathTest, ADifferentSecondSignalKills) {
+  EXPECT_EXIT(
+      {
+        signals::reset();
+        signals::install_interrupt_handlers();
+        std::raise(SIGTERM);
+        std::raise(SIGINT);
+        std::_Exit(0);
+      },
+      ::testing::KilledBySignal(SIGINT), "");
+}
+
 }  // namespace
 }  // namespace moetron
 

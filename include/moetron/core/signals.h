@@ -1,5 +1,7 @@
 // SIGINT/SIGTERM become a flag that long-running loops poll at step boundaries, so a run
-// can save a checkpoint and exit 128+signal instead of dying mid-write.
+// can save a checkpoint and exit 128+signal instead of dying mid-write. A different or later
+// (> 2 s) second signal kills the process; a repeat of the first within 2 s (SLURM plus a
+// launcher forwarding the same SIGTERM) is ignored.
 #pragma once
 
 namespace moetron::signals {
