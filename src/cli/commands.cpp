@@ -19,7 +19,8 @@ const std::vector<Command>& commands() {
       {"tokenize", "Encode JSONL text to token ids (or decode ids) with a tokenizer",
        setup_tokenize},
       {"score", "Per-token log-probabilities and mean loss of token sequences", setup_score},
-      {"bench", "Benchmarks: a model's training step against HF transformers", setup_bench},
+      {"bench", "Benchmarks: a model's training step against HF transformers; CUDA kernels",
+       setup_bench},
       {"convert", "Check an HF DeepSeek checkpoint against the model and rewrite it",
        setup_convert},
   };
