@@ -1,6 +1,7 @@
 // `moetron bench model CONFIG [overrides]`: times a training step (forward + backward) of the
 // configured model and, with --hf, the same weights and batch in HF transformers in the same
-// run (bench/hf_train_step.py), printing the ratio. Timings live here, never in tests.
+// run (bench/hf_train_step.py), printing the ratio. `moetron bench kernels`: our CUDA kernels
+// against the composites they replace (bench_kernels.cpp). Timings live here, never in tests.
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include <torch/csrc/autograd/profiler_legacy.h>
+#include "bench_kernels.h"
 #include "command.h"
 #include "moetron/build_config.h"
 #include "moetron/ckpt/hf_model.h"
@@ -157,9 +159,19 @@ Run setup_bench(CLI::App& app) {
   model->add_flag("--hf", args->hf, "Also time HF transformers on the same weights and batch");
   model->add_option("--python", args->python, "Python with transformers (default: the venv)");
   Run run_model = [args] { return run_bench_model(*args); };
-  return [model, run_model]() -> int {
+
+  auto kargs = std::make_shared<BenchKernelsArgs>();
+  CLI::App* kernels = app.add_subcommand(
+      "kernels", "CUDA kernels vs the LibTorch ops they replace (exits 0 without a GPU)");
+  kernels->add_option("--warmup", kargs->warmup, "Untimed calls first")->capture_default_str();
+  kernels->add_option("--iters", kargs->iters, "Timed calls (mean)")->capture_default_str();
+  kernels->add_option("--shapes", kargs->shapes, "Shapes: tiny, v2-lite, v3")
+      ->delimiter(',')
+      ->capture_default_str();
+  return [model, run_model, kernels, kargs]() -> int {
     if (model->parsed()) return run_model();
-    throw Error(ErrorKind::kUsage, "bench: choose a benchmark (model)");
+    if (kernels->parsed()) return run_bench_kernels(*kargs);
+    throw Error(ErrorKind::kUsage, "bench: choose a benchmark (model, kernels)");
   };
 }
 

@@ -22,8 +22,9 @@ const std::vector<Command>& commands() {
       {"launch",
        "Run a moetron command on N local ranks (torchrun-compatible), with teardown and restarts",
        setup_launch},
-      {"bench", "Benchmarks: a model's training step against HF transformers", setup_bench},
-      {"convert", "Check an HF DeepSeek checkpoint against the model and rewrite it",
+      {"bench", "Benchmarks: a model's training step against HF transformers; CUDA kernels",
+       setup_bench},
+      {"convert", "Check an HF DeepSeek checkpoint (or export a training one) and rewrite it",
        setup_convert},
   };
   return all;

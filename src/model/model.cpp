@@ -135,9 +135,20 @@ DeepseekV3ForCausalLMImpl::DeepseekV3ForCausalLMImpl(const config::Config& cfg)
     mtp_list_.push_back(MtpLayer(cfg, k));
     mtp->push_back(mtp_list_.back());
   }
-  // kernels.gate picks the expert-count implementation (the routing kernels' histogram).
+  // kernels.gate picks the router (fused gate kernel) and the expert-count implementation;
+  // kernels.permute the local dispatcher's grouping.
   const auto counts_impl = ops::parse_impl(cfg.kernels.gate, "kernels.gate");
-  for (auto& moe : moe_layers()) moe->set_counts_impl(counts_impl);
+  const auto permute_impl = ops::parse_impl(cfg.kernels.permute, "kernels.permute");
+  MOETRON_CHECK_CONFIG(permute_impl == ops::Impl::kReference || ops::cuda_kernels_built(),
+                       "kernels.permute: 'cuda' requested but this build has no CUDA kernels "
+                       "(configure with MOETRON_WITH_CUDA=ON); use 'reference'");
+  for (auto& moe : moe_layers()) {
+    moe->set_counts_impl(counts_impl);
+    moe->gate->set_impl(counts_impl);
+    if (auto* local = dynamic_cast<LocalTokenDispatcher*>(&moe->dispatcher())) {
+      local->set_permute_impl(permute_impl);
+    }
+  }
   reset_parameters();
   log::info(summary_line(cfg));
 }

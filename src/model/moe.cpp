@@ -9,6 +9,8 @@
 
 #include "moetron/core/error.h"
 #include "moetron/ops/expert_counts.h"
+#include "moetron/ops/fused_gate.h"
+#include "moetron/ops/permute.h"
 
 namespace moetron::model {
 
@@ -84,7 +86,7 @@ GateOutput route(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
   } else {
     topk_weight_TK = topk_weight_TK * moe.routed_scaling_factor;
   }
-  return {topk_idx_TK, topk_weight_TK, scores_TE};
+  return {topk_idx_TK, topk_weight_TK, scores_TE, torch::Tensor()};
 }
 
 GateImpl::GateImpl(int64_t hidden, const config::MoeConfig& moe) : moe_(moe) {
@@ -117,9 +119,37 @@ void GateImpl::to(torch::Dtype dtype, bool non_blocking) {
   }
 }
 
+namespace {
+ops::GateSpec gate_spec(const config::MoeConfig& moe) {
+  ops::GateSpec spec;
+  spec.scoring = moe.scoring_func == config::ScoringFunc::kSigmoid ? ops::GateScoring::kSigmoid
+                                                                   : ops::GateScoring::kSoftmax;
+  spec.method = moe.topk_method == config::TopkMethod::kNoauxTc ? ops::GateTopk::kNoauxTc
+                : moe.topk_method == config::TopkMethod::kGreedy
+                    ? ops::GateTopk::kGreedy
+                    : ops::GateTopk::kGroupLimitedGreedy;
+  spec.top_k = moe.num_experts_per_tok;
+  spec.n_group = moe.n_group;
+  spec.topk_group = moe.topk_group;
+  spec.norm_topk_prob = moe.norm_topk_prob;
+  spec.routed_scaling_factor = moe.routed_scaling_factor;
+  return spec;
+}
+}  // namespace
+
+void GateImpl::set_impl(ops::Impl impl) {
+  // Fail at construction, not at the first step, when the kernel cannot serve this router.
+  if (impl == ops::Impl::kCuda) ops::check_cuda_gate_supports(weight.size(0), gate_spec(moe_));
+  impl_ = impl;
+}
+
 GateOutput GateImpl::forward(const torch::Tensor& x_TD) {
   auto logits_TE =
       torch::nn::functional::linear(x_TD.to(torch::kFloat32), weight.to(torch::kFloat32));
+  if (impl_ == ops::Impl::kCuda) {
+    auto g = ops::fused_gate(logits_TE, e_score_correction_bias, gate_spec(moe_), impl_);
+    return {g.topk_idx_TK, g.topk_weight_TK, g.scores_TE, g.counts_E};
+  }
   return route(logits_TE, e_score_correction_bias, moe_);
 }
 
@@ -132,6 +162,22 @@ DispatchState LocalTokenDispatcher::dispatch(const torch::Tensor& x_TD,
   const int64_t K = topk_idx_TK.size(1);
   DispatchState st;
   st.num_tokens = x_TD.size(0);
+  if (permute_impl_ == ops::Impl::kCuda) {
+    auto p = ops::permute(x_TD, topk_idx_TK, counts_E.size(0), permute_impl_);
+    st.x_ND = p.x_ND;
+    st.token_idx_N = p.index.token_idx_N;
+    st.row_TK = p.index.row_TK;
+    st.weight_TK = topk_weight_TK;
+    // The one host sync: the permute's own counts, which also prove every index was in range.
+    auto counts_cpu = p.index.counts_E.to(torch::kCPU).contiguous();
+    st.counts.assign(counts_cpu.data_ptr<int64_t>(),
+                     counts_cpu.data_ptr<int64_t>() + counts_cpu.numel());
+    int64_t rows = 0;
+    for (const int64_t n : st.counts) rows += n;
+    MOETRON_CHECK(rows == topk_idx_TK.numel(), "dispatch: ", topk_idx_TK.numel() - rows,
+                  " expert indices outside [0, ", counts_E.size(0), ")");
+    return st;
+  }
   // Stable: rows of one expert keep token order, so results are deterministic.
   auto order_N = std::get<1>(topk_idx_TK.reshape(-1).sort(/*stable=*/true, 0, false));
   st.token_idx_N = order_N.div(K, "floor");
@@ -145,6 +191,7 @@ DispatchState LocalTokenDispatcher::dispatch(const torch::Tensor& x_TD,
 }
 
 torch::Tensor LocalTokenDispatcher::combine(const torch::Tensor& y_ND, const DispatchState& st) {
+  if (st.row_TK.defined()) return ops::unpermute(y_ND, st.row_TK, st.weight_TK, permute_impl_);
   // Weighted sum in fp32 (the gate weights' dtype, as HF), cast back once.
   auto weighted_ND = y_ND.to(torch::kFloat32) * st.weight_N.unsqueeze(1);
   auto out_TD = torch::zeros({st.num_tokens, y_ND.size(1)}, weighted_ND.options());
@@ -350,7 +397,9 @@ MoeOutput MoeImpl::forward(const torch::Tensor& x_BTD) {
   auto g = gate(x_TD);
 
   MoeOutput out;
-  if (counts_impl_ == ops::Impl::kReference) {
+  if (g.counts_E.defined()) {
+    out.counts_E = g.counts_E;  // the fused gate counted while routing
+  } else if (counts_impl_ == ops::Impl::kReference) {
     // Sync-free histogram: top-k indices are in range by construction, so the op's bounds
     // check (two host syncs) is skipped and the dispatcher's copy stays the layer's only sync.
     auto idx_N = g.topk_idx_TK.reshape(-1);

@@ -37,6 +37,8 @@ struct GateOutput {
   torch::Tensor topk_idx_TK;     // int64, chosen with the biased score (sorted by score)
   torch::Tensor topk_weight_TK;  // fp32 combine weights from the UNBIASED affinities
   torch::Tensor scores_TE;       // fp32 affinities s (sigmoid or softmax), differentiable
+  torch::Tensor counts_E;        // int64 assignments per expert when the fused gate ran, else
+                                 // undefined (the MoE layer counts)
 };
 
 // The routing rule on given fp32 logits. bias_E may be undefined (no correction bias).
@@ -59,12 +61,16 @@ class GateImpl : public torch::nn::Module {
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   using torch::nn::Module::to;
+  // kernels.gate: kCuda routes with ops::fused_gate (one kernel after the logits GEMM, counts
+  // included); kReference with route().
+  void set_impl(ops::Impl impl);
 
   torch::Tensor weight;                   // [E, D] parameter
   torch::Tensor e_score_correction_bias;  // [E] fp32 buffer; defined only for noaux_tc
 
  private:
   config::MoeConfig moe_;
+  ops::Impl impl_ = ops::Impl::kReference;
 };
 TORCH_MODULE(Gate);
 
@@ -79,6 +85,8 @@ struct DispatchState {
   torch::Tensor weight_N;       // fp32 gate weight of each row
   int64_t num_tokens = 0;       // T of the input, for combine
   std::shared_ptr<void> extra;  // dispatcher-specific state (e.g. all-to-all splits)
+  torch::Tensor row_TK;         // row in x_ND of each (token, k) (local, kernels.permute: cuda)
+  torch::Tensor weight_TK;      // fp32 gate weights by token (local, kernels.permute: cuda)
 };
 
 // dispatch -> experts -> combine. The MoE layer owns one; expert parallelism swaps in an
@@ -96,13 +104,19 @@ class TokenDispatcher {
 };
 
 // Single process: a stable sort of the (token, k) pairs by expert, one host copy of the counts,
-// index_select to permute, weighted index_add to combine.
+// index_select to permute, weighted index_add to combine. With kernels.permute: cuda the same
+// grouping comes from ops::permute and combine is ops::unpermute (a deterministic fp32 sum per
+// token through row_TK; weight_N is then left undefined, the weights live in weight_TK).
 class LocalTokenDispatcher : public TokenDispatcher {
  public:
   DispatchState dispatch(const torch::Tensor& x_TD, const torch::Tensor& topk_idx_TK,
                          const torch::Tensor& topk_weight_TK,
                          const torch::Tensor& counts_E) override;
   torch::Tensor combine(const torch::Tensor& y_ND, const DispatchState& state) override;
+  void set_permute_impl(ops::Impl impl) { permute_impl_ = impl; }
+
+ private:
+  ops::Impl permute_impl_ = ops::Impl::kReference;
 };
 
 // ---- routed experts -------------------------------------------------------------------------

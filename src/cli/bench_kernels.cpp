@@ -1,0 +1,256 @@
+// `moetron bench kernels`: for each op and shape, the time of our CUDA kernel and of the
+// LibTorch composite it replaces (route(); the dispatcher's sort + index_select + index_add),
+// measured in the same run with CUDA events after warm-up, their ratio, and the kernel's
+// achieved bandwidth against the device's peak. Timings live here, never in tests.
+#include "bench_kernels.h"
+
+#include <torch/torch.h>
+
+#include <c10/core/Event.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <cstdio>
+#include <functional>
+#include <iostream>
+
+#include "moetron/core/error.h"
+#include "moetron/model/moe.h"
+#include "moetron/ops/fused_gate.h"
+#include "moetron/ops/impl.h"
+#include "moetron/ops/permute.h"
+
+namespace moetron::cli {
+namespace {
+
+// Legend: T tokens, E experts, K experts per token, G groups, D hidden, N = T·K rows.
+
+struct Shape {
+  std::string name;
+  int64_t T, E, K, G, topk_group, D;
+  config::MoeConfig moe;
+};
+
+Shape make_shape(const std::string& name) {
+  config::MoeConfig m;
+  Shape s{name, 0, 0, 0, 0, 0, 0, m};
+  if (name == "tiny") {
+    s = {name, 64, 8, 2, 4, 2, 32, m};
+  } else if (name == "v2-lite") {  // V2-Lite: softmax, plain top-6 of 64, no normalisation
+    s = {name, 8192, 64, 6, 1, 1, 2048, m};
+    s.moe.scoring_func = config::ScoringFunc::kSoftmax;
+    s.moe.topk_method = config::TopkMethod::kGreedy;
+    s.moe.norm_topk_prob = false;
+    s.moe.routed_scaling_factor = 1.0;
+  } else if (name == "v3") {  // V3 per GPU: 256 experts, 8 groups, 4 kept, top-8
+    s = {name, 8192, 256, 8, 8, 4, 7168, m};
+  } else {
+    throw Error(ErrorKind::kUsage,
+                str_cat("bench kernels: unknown shape '", name, "'; expected tiny, v2-lite or v3"));
+  }
+  s.moe.n_routed_experts = s.E;
+  s.moe.num_experts_per_tok = s.K;
+  s.moe.n_group = s.G;
+  s.moe.topk_group = s.topk_group;
+  return s;
+}
+
+ops::GateSpec gate_spec(const config::MoeConfig& m) {
+  ops::GateSpec g;
+  g.scoring = m.scoring_func == config::ScoringFunc::kSigmoid ? ops::GateScoring::kSigmoid
+                                                              : ops::GateScoring::kSoftmax;
+  g.method = m.topk_method == config::TopkMethod::kNoauxTc  ? ops::GateTopk::kNoauxTc
+             : m.topk_method == config::TopkMethod::kGreedy ? ops::GateTopk::kGreedy
+                                                            : ops::GateTopk::kGroupLimitedGreedy;
+  g.top_k = m.num_experts_per_tok;
+  g.n_group = m.n_group;
+  g.topk_group = m.topk_group;
+  g.norm_topk_prob = m.norm_topk_prob;
+  g.routed_scaling_factor = m.routed_scaling_factor;
+  return g;
+}
+
+// Mean milliseconds per call over `iters` calls after `warmup` calls, by CUDA events on the
+// current stream (the ops launch there).
+double time_ms(const std::function<void()>& fn, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) fn();
+  const c10::Device dev(c10::DeviceType::CUDA, 0);
+  const auto stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(dev);
+  c10::Event start(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT);
+  c10::Event stop(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT);
+  start.record(stream);
+  for (int i = 0; i < iters; ++i) fn();
+  stop.record(stream);
+  stop.synchronize();
+  return start.elapsedTime(stop) / iters;
+}
+
+struct Row {
+  std::string op;
+  double ours_ms, composite_ms, bytes;
+};
+
+void print_rows(const Shape& s, const std::vector<Row>& rows, double peak_gbs) {
+  std::printf("\nshape %s: T=%lld E=%lld K=%lld G=%lld topk_group=%lld D=%lld (rows bf16)\n",
+              s.name.c_str(), static_cast<long long>(s.T), static_cast<long long>(s.E),
+              static_cast<long long>(s.K), static_cast<long long>(s.G),
+              static_cast<long long>(s.topk_group), static_cast<long long>(s.D));
+  std::printf("  %-22s %12s %14s %9s %10s %8s\n", "op", "kernel us", "composite us", "speedup",
+              "GB/s", "of peak");
+  for (const auto& r : rows) {
+    const double gbs = r.bytes / (r.ours_ms * 1e-3) / 1e9;
+    std::printf("  %-22s %12.1f %14.1f %8.2fx %10.0f", r.op.c_str(), r.ours_ms * 1e3,
+                r.composite_ms * 1e3, r.composite_ms / r.ours_ms, gbs);
+    if (peak_gbs > 0) {
+      std::printf(" %7.0f%%\n", 100 * gbs / peak_gbs);
+    } else {
+      std::printf(" %8s\n", "n/a");
+    }
+  }
+}
+
+std::vector<Row> bench_shape(const Shape& s, const BenchKernelsArgs& args) {
+  using ops::Impl;
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(0);
+  const auto f32 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat32);
+  const auto bf16 = f32.dtype(torch::kBFloat16);
+  const int64_t T = s.T, E = s.E, K = s.K, D = s.D, N = T * K;
+  const auto spec = gate_spec(s.moe);
+  auto logits = torch::randn({T, E}, f32) * 2;
+  torch::Tensor bias;
+  if (s.moe.topk_method == config::TopkMethod::kNoauxTc) bias = torch::randn({E}, f32) * 0.1;
+  const int w = args.warmup, n = args.iters;
+  std::vector<Row> rows;
+
+  // ---- gate: route() + the MoE layer's index_add counts vs one fused launch.
+  {
+    const double ours =
+        time_ms([&] { ops::fused_gate_forward(logits, bias, spec, Impl::kCuda); }, w, n);
+    const double comp = time_ms(
+        [&] {
+          auto g = model::route(logits, bias, s.moe);
+          auto idx = g.topk_idx_TK.reshape(-1);
+          torch::zeros({E}, idx.options()).index_add_(0, idx, torch::ones_like(idx));
+        },
+        w, n);
+    const double bytes = 2.0 * T * E * 4 + T * K * 12.0 + E * 8.0;
+    rows.push_back({"gate fwd", ours, comp, bytes});
+  }
+  // ---- gate forward + backward through autograd (the training path): one fused node whose
+  // backward is a few ATen ops vs route()'s graph.
+  {
+    auto dw = torch::randn({T, K}, f32), ds = torch::randn({T, E}, f32);
+    auto step = [&](bool fused) {
+      torch::AutoGradMode grad(true);
+      auto l = logits.detach().requires_grad_(true);
+      if (fused) {
+        auto g = ops::fused_gate(l, bias, spec, Impl::kCuda);
+        torch::autograd::backward({g.topk_weight_TK, g.scores_TE}, {dw, ds});
+      } else {
+        auto g = model::route(l, bias, s.moe);
+        auto i = g.topk_idx_TK.reshape(-1);
+        torch::zeros({E}, i.options()).index_add_(0, i, torch::ones_like(i));
+        torch::autograd::backward({g.topk_weight_TK, g.scores_TE}, {dw, ds});
+      }
+    };
+    const double ours = time_ms([&] { step(true); }, w, n);
+    const double comp = time_ms([&] { step(false); }, w, n);
+    // Forward as above, then read ds, s and dw, write d logits (plus the gathers, ignored).
+    const double bytes = 2.0 * T * E * 4 + T * K * 12.0 + E * 8.0 + 3.0 * T * E * 4 + T * K * 4.0;
+    rows.push_back({"gate fwd+bwd", ours, comp, bytes});
+  }
+
+  auto idx = std::get<1>(torch::rand({T, E}, f32).topk(K, -1));
+  auto weight = torch::rand({T, K}, f32);
+  auto x = torch::randn({T, D}, bf16);
+  auto y = torch::randn({N, D}, bf16);
+  auto index = ops::permute_index(idx, E, Impl::kCuda);
+  const double row_bytes = static_cast<double>(D) * 2;
+
+  // ---- permute: grouping + gather vs the dispatcher's stable sort + index_selects.
+  {
+    const double ours = time_ms(
+        [&] {
+          auto p = ops::permute_index(idx, E, Impl::kCuda);
+          ops::gather_rows(x, p.token_idx_N, Impl::kCuda);
+        },
+        w, n);
+    const double comp = time_ms(
+        [&] {
+          auto order = std::get<1>(idx.reshape(-1).sort(true, 0, false));
+          auto tok = order.div(K, "floor");
+          weight.reshape(-1).index_select(0, order);
+          x.index_select(0, tok);
+        },
+        w, n);
+    const double bytes = 3.0 * N * 8 + 2.0 * N * 8 + 2.0 * N * row_bytes;
+    rows.push_back({"permute fwd", ours, comp, bytes});
+  }
+  auto order = std::get<1>(idx.reshape(-1).sort(true, 0, false));
+  auto tok = order.div(K, "floor");
+  auto weight_N = weight.reshape(-1).index_select(0, order);
+  // ---- unpermute: k-ordered fp32 sum per token vs fp32 copy, scale, index_add, cast.
+  {
+    const double ours =
+        time_ms([&] { ops::combine_rows(y, index.row_TK, weight, Impl::kCuda); }, w, n);
+    const double comp = time_ms(
+        [&] {
+          auto weighted = y.to(torch::kFloat32) * weight_N.unsqueeze(1);
+          torch::zeros({T, D}, f32).index_add(0, tok, weighted).to(torch::kBFloat16);
+        },
+        w, n);
+    const double bytes = N * row_bytes + T * row_bytes + N * 12.0;
+    rows.push_back({"unpermute fwd", ours, comp, bytes});
+  }
+  auto dout = torch::randn({T, D}, bf16);
+  // ---- unpermute backward: d rows and d weights vs autograd's gather + scale + dot.
+  {
+    const double ours = time_ms(
+        [&] { ops::combine_rows_backward(dout, y, index.row_TK, weight, true, Impl::kCuda); }, w,
+        n);
+    const double comp = time_ms(
+        [&] {
+          auto g = dout.to(torch::kFloat32).index_select(0, tok);
+          (g * weight_N.unsqueeze(1)).to(torch::kBFloat16);
+          (g * y.to(torch::kFloat32)).sum(-1);
+        },
+        w, n);
+    const double bytes = T * row_bytes + 2.0 * N * row_bytes + N * 12.0;
+    rows.push_back({"unpermute bwd", ours, comp, bytes});
+  }
+  // ---- permute backward: unweighted combine vs index_add of the row gradients.
+  {
+    const double ours = time_ms([&] { ops::combine_rows(y, index.row_TK, {}, Impl::kCuda); }, w, n);
+    const double comp = time_ms([&] { torch::zeros({T, D}, bf16).index_add_(0, tok, y); }, w, n);
+    const double bytes = N * row_bytes + T * row_bytes + N * 8.0;
+    rows.push_back({"permute bwd", ours, comp, bytes});
+  }
+  return rows;
+}
+
+}  // namespace
+
+int run_bench_kernels(const BenchKernelsArgs& args) {
+  const auto info = ops::cuda_device_info();
+  if (!info) {
+    std::cout << "bench kernels: no CUDA device"
+              << (ops::cuda_kernels_built() ? "" : " (and this build has no CUDA kernels)")
+              << "; nothing to measure\n";
+    return 0;
+  }
+  MOETRON_CHECK_CONFIG(args.iters > 0 && args.warmup >= 0,
+                       "bench kernels: --iters must be positive and --warmup non-negative");
+  std::printf("device %s, %d SMs, peak memory bandwidth %.0f GB/s (%s)\n", info->name.c_str(),
+              info->sm_count, info->peak_bandwidth_gbs, info->bandwidth_source.c_str());
+  std::printf(
+      "kernel vs LibTorch composite, mean of %d calls after %d warm-up calls (CUDA "
+      "events); GB/s = bytes the kernel must move / its time\n",
+      args.iters, args.warmup);
+  for (const auto& name : args.shapes) {
+    const auto shape = make_shape(name);
+    print_rows(shape, bench_shape(shape, args), info->peak_bandwidth_gbs);
+  }
+  return 0;
+}
+
+}  // namespace moetron::cli
