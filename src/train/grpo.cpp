@@ -18,6 +18,7 @@
 #include "moetron/ckpt/train_checkpoint.h"
 #include "moetron/config/loader.h"
 #include "moetron/core/error.h"
+#include "moetron/dist/env.h"
 #include "moetron/core/logging.h"
 #include "moetron/core/timer.h"
 #include "moetron/data/chat_template.h"
@@ -228,11 +229,10 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
                        "checkpoint GRPO starts from (or rl.beta: 0)");
   config::validate(cfg_in);
 
-  Session session = open_session(cfg_in, options);
   // Data parallelism: each rank samples and trains on its share of the step's prompts (whole
   // groups, so group statistics stay local); expert parallelism would need every rank to decode
   // in lockstep, which the generation engine does not do yet.
-  const int64_t world = session.world(), rank = session.rank();
+  const int64_t world = dist::read_dist_env().world_size;
   MOETRON_CHECK_CONFIG(cfg_in.dist.ep == 1,
                        "train.stage: grpo supports data parallelism only (dist.ep: 1); got "
                        "dist.ep=",
@@ -241,6 +241,9 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
                        "rl.prompts_per_step (", rl_cfg.prompts_per_step,
                        ") and rl.mini_batch_size (", rl_cfg.mini_batch_size,
                        ") must be divisible by the number of ranks (", world, ")");
+
+  Session session = open_session(cfg_in, options);
+  const int64_t rank = session.rank();
   const config::Config& cfg = session.cfg;
   const torch::Device device = session.device;
   auto& model = session.model;

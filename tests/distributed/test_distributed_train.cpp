@@ -136,6 +136,36 @@ TEST_F(DistributedTrain, CheckpointSavedAtEp2ResumesAtEp1AndEp4) {
   EXPECT_NEAR(losses("as_ep4").at(3), want, 2e-5);
 }
 
+// GRPO over 2 ranks: each samples half of the step's prompts; metrics count all of them; the
+// run checkpoints and a longer rerun resumes from it.
+TEST_F(DistributedTrain, GrpoDataParallelSplitsThePromptsAndResumes) {
+  const std::vector<std::string> grpo = {"train.stage=grpo",       "rl.prompts_per_step=4",
+                                         "rl.num_generations=2",   "rl.mini_batch_size=8",
+                                         "rl.micro_batch_size=4",  "rl.max_new_tokens=8",
+                                         "rl.dynamic_sampling=false"};
+  train("grpo", 2, 1, 2, 2, grpo);
+  std::ifstream in(root_ + "/grpo/metrics.jsonl");
+  std::string line;
+  int records = 0;
+  while (std::getline(in, line)) {
+    auto rec = nlohmann::json::parse(line);
+    if (!rec.contains("groups_sampled")) continue;
+    ++records;
+    EXPECT_EQ(rec["groups_sampled"].get<int64_t>(), 4) << line;  // 2 per rank, both counted
+    EXPECT_EQ(rec["gen_tokens"].get<int64_t>() > 0, true) << line;
+  }
+  EXPECT_EQ(records, 2);
+  ASSERT_TRUE(fs::exists(root_ + "/grpo/checkpoints/step-2/manifest.json"));
+  train("grpo", 2, 1, 2, 3, grpo);
+  std::ifstream again(root_ + "/grpo/metrics.jsonl");
+  int last = 0;
+  while (std::getline(again, line)) {
+    auto rec = nlohmann::json::parse(line);
+    if (rec.contains("groups_sampled")) last = rec["step"].get<int>();
+  }
+  EXPECT_EQ(last, 3);
+}
+
 TEST_F(DistributedTrain, LayoutErrorsNameTheKey) {
   const std::string logs = root_ + "/logs_bad";
   fs::create_directories(logs);
@@ -151,6 +181,42 @@ TEST_F(DistributedTrain, LayoutErrorsNameTheKey) {
   // 8 experts do not split over 3 ranks; 3 ranks are not a multiple of ep=2.
   expect_error(3, "3", "moe.n_routed_experts (8) must be divisible by dist.ep (3)");
   expect_error(3, "2", "dist.ep=2 does not divide the world size 3");
+}
+
+// Rank 0 alone opens the run directory; its refusal (another config lives there) is every
+// rank's config error, not a hang or a collective failure on the others.
+TEST_F(DistributedTrain, RankZerosRunDirectoryErrorReachesEveryRank) {
+  train("taken", 1, 1, 2, 1);
+  const std::string logs = root_ + "/logs_taken";
+  fs::create_directories(logs);
+  auto run = run_ranks({kMoetron, "train", kTiny, "train.steps=1", "data.seq_len=16",
+                        "optim.warmup_steps=1", "log.run_dir=" + root_, "log.name=taken"},
+                       2, logs, 120);
+  ASSERT_FALSE(run.timed_out) << all_output(run);
+  for (const auto& r : run.ranks) {
+    EXPECT_EQ(r.exit_code, 2) << all_output(run);
+    EXPECT_NE(r.output.find("belongs to a different config"), std::string::npos) << r.output;
+  }
+}
+
+TEST_F(DistributedTrain, GrpoLayoutErrorsNameTheKeys) {
+  const std::string logs = root_ + "/logs_bad";
+  fs::create_directories(logs);
+  auto expect_error = [&](std::vector<std::string> overrides, const std::string& message) {
+    std::vector<std::string> argv = {kMoetron, "train", kTiny, "train.stage=grpo",
+                                     "log.run_dir=" + root_};
+    argv.insert(argv.end(), overrides.begin(), overrides.end());
+    auto run = run_ranks(argv, 2, logs, 120);
+    ASSERT_FALSE(run.timed_out) << all_output(run);
+    for (const auto& r : run.ranks) {
+      EXPECT_EQ(r.exit_code, 2) << all_output(run);
+      EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+    }
+  };
+  expect_error({"dist.ep=2"}, "train.stage: grpo supports data parallelism only (dist.ep: 1)");
+  expect_error({"rl.prompts_per_step=3", "rl.mini_batch_size=12", "rl.micro_batch_size=4"},
+               "rl.prompts_per_step (3) and rl.mini_batch_size (12) must be divisible by the "
+               "number of ranks (2)");
 }
 
 }  // namespace
