@@ -190,7 +190,8 @@ TEST_F(DistributedTrain, RankZerosRunDirectoryErrorReachesEveryRank) {
   const std::string logs = root_ + "/logs_taken";
   fs::create_directories(logs);
   auto run = run_ranks({kMoetron, "train", kTiny, "train.steps=1", "data.seq_len=16",
-                        "optim.warmup_steps=1", "log.run_dir=" + root_, "log.name=taken"},
+                        "optim.warmup_steps=1", "ckpt.resume=none", "log.run_dir=" + root_,
+                        "log.name=taken"},
                        2, logs, 120);
   ASSERT_FALSE(run.timed_out) << all_output(run);
   for (const auto& r : run.ranks) {
