@@ -47,6 +47,7 @@ class LaunchTest : public ::testing::Test {
     ::unsetenv("OMP_NUM_THREADS");
   }
   void TearDown() override { moetron::remove_tree(dir_); }
+  void sigterm_and_resume(int nproc, const std::vector<std::string>& extra);
 
   // `moetron launch <launch_args> -- <probe> <probe_args>`, waiting for it.
   CliResult launch(const std::vector<std::string>& launch_args,
@@ -327,12 +328,13 @@ TEST_F(LaunchTest, MoetronSubcommandsRunWithThisBinary) {
   EXPECT_FALSE(contains(bad.err, "restarting all")) << bad.err;
 }
 
-// The real trainer under the launcher: SIGTERM to the launcher reaches the rank, which saves a
-// checkpoint and exits 128+15; the same launch command resumes from it and finishes.
-TEST_F(LaunchTest, TrainUnderTheLauncherSavesOnSigtermAndResumes) {
+// The real trainer under the launcher: SIGTERM to the launcher reaches the ranks, which agree on
+// a step, save one checkpoint there and exit 128+15; the same launch command resumes from it and
+// finishes. `extra` adds overrides (e.g. the parallel layout).
+void LaunchTest::sigterm_and_resume(int nproc, const std::vector<std::string>& extra) {
   ::setenv("OMP_NUM_THREADS", "1", 1);
   constexpr int kSteps = 40;
-  std::vector<std::string> command = {"launch", "--nproc-per-node",         "1", "--",
+  std::vector<std::string> command = {"launch", "--nproc-per-node", std::to_string(nproc), "--",
                                       "train",  moetron::testing::kTinyYaml};
   for (const auto& o : moetron::testing::fast_train_overrides(dir_, "run")) command.push_back(o);
   for (const std::string& o :
@@ -340,6 +342,7 @@ TEST_F(LaunchTest, TrainUnderTheLauncherSavesOnSigtermAndResumes) {
                                 "ckpt.save_every=20", "data.task_size=40"}) {
     command.push_back(o);
   }
+  command.insert(command.end(), extra.begin(), extra.end());
   const std::string metrics = dir_ + "/run/metrics.jsonl";
   const std::string out = dir_ + "/first.out", err = dir_ + "/first.err";
 
@@ -372,7 +375,13 @@ TEST_F(LaunchTest, TrainUnderTheLauncherSavesOnSigtermAndResumes) {
   EXPECT_LT(stopped_at, kSteps);
   EXPECT_EQ(saved, dir_ + "/run/checkpoints/step-" + std::to_string(stopped_at));
   EXPECT_TRUE(fs::exists(saved + "/manifest.json")) << saved;
-  EXPECT_TRUE(contains(first_err, "rank 0 exited with code 143")) << first_err;
+  EXPECT_TRUE(contains(first_err, "exited with code 143")) << first_err;
+  for (int r = 1; r < nproc; ++r) {
+    EXPECT_TRUE(contains(first_err, "[rank " + std::to_string(r) +
+                                        "] moetron: error: interrupted by signal 15 at step " +
+                                        std::to_string(stopped_at)))
+        << first_err;
+  }
 
   // The same command resumes there and finishes.
   const auto second = moetron::testing::run_moetron(command, dir_);
@@ -382,6 +391,13 @@ TEST_F(LaunchTest, TrainUnderTheLauncherSavesOnSigtermAndResumes) {
   const std::string log = read_text(dir_ + "/run/log.txt");
   EXPECT_TRUE(contains(log, "resumed from " + saved + " at step " + std::to_string(stopped_at)))
       << log;
+}
+
+TEST_F(LaunchTest, TrainUnderTheLauncherSavesOnSigtermAndResumes) { sigterm_and_resume(1, {}); }
+
+// Two ranks with expert parallelism: the sharded checkpoint is written by both and resumed.
+TEST_F(LaunchTest, ExpertParallelTrainUnderTheLauncherSavesOnSigtermAndResumes) {
+  sigterm_and_resume(2, {"dist.ep=2", "train.micro_batch_size=2"});
 }
 
 }  // namespace
