@@ -122,7 +122,7 @@ struct Comm::State {
 Comm::Comm(const CommOptions& options, const Mesh& mesh) : options_(options), mesh_(mesh) {
   MOETRON_CHECK(options.world == mesh.world && options.rank == mesh.rank,
                 "Comm: options and mesh disagree about rank/world");
-  if (mesh.world == 1) {
+  if (mesh.world == 1 && !options.force_backend) {
     world_ = make_group("world", {0});
     ep_ = make_group("ep", {0});
     dp_ = make_group("dp", {0});
@@ -201,7 +201,7 @@ Group Comm::make_group(const std::string& name, const std::vector<int64_t>& rank
   for (size_t i = 0; i < ranks.size(); ++i) {
     if (ranks[i] == mesh_.rank) g.rank_ = static_cast<int64_t>(i);
   }
-  if (ranks.size() > 1) {
+  if (ranks.size() > 1 || (state_ && options_.force_backend)) {
     auto store = c10::make_intrusive<c10d::PrefixStore>(str_cat("moetron/pg/", name), state_->store);
     g.backend_ = std::make_shared<Group::Backend>();
     g.backend_->device = options_.device;

@@ -36,6 +36,7 @@ void expect_close(const torch::Tensor& got, const torch::Tensor& want, double to
     ++failures;
     return;
   }
+  if (want.numel() == 0) return;
   const double diff = (got.to(torch::kDouble) - want.to(torch::kDouble)).abs().max().item<double>();
   const double scale = want.abs().max().item<double>();
   if (!(diff <= tol * std::max(1.0, scale))) {
@@ -46,13 +47,13 @@ void expect_close(const torch::Tensor& got, const torch::Tensor& want, double to
 
 // Rank-encoded round trip: member r sends (r + p) % 3 rows to member p, each row saying
 // (source, destination, index); the receiver checks every row's origin, then sends them back.
-void scenario_all_to_all(dist::Comm& comm) {
+void scenario_all_to_all(dist::Comm& comm, const torch::Device& device) {
   auto& g = comm.world();
   const int64_t P = g.size(), r = g.rank();
   std::vector<int64_t> in(P), out(P);
   for (int64_t p = 0; p < P; ++p) {
-    in[p] = (r + p) % 3;
-    out[p] = (p + r) % 3;
+    in[p] = (r + p) % 3 + (P == 1 ? 2 : 0);  // a group of one still moves rows
+    out[p] = (p + r) % 3 + (P == 1 ? 2 : 0);
   }
   std::vector<torch::Tensor> rows;
   for (int64_t p = 0; p < P; ++p)
@@ -60,8 +61,8 @@ void scenario_all_to_all(dist::Comm& comm) {
       rows.push_back(torch::tensor({double(r), double(p), double(i)}));
   auto x = rows.empty() ? torch::zeros({0, 3}, torch::kDouble)
                         : torch::stack(rows).to(torch::kDouble);
-  x.requires_grad_(true);
-  auto y = dist::all_to_all_autograd(g, x, in, out, "test rows");
+  x = x.to(device).requires_grad_(true);
+  auto y = dist::all_to_all_autograd(g, x, in, out, "test rows").cpu();
   int64_t at = 0;
   for (int64_t q = 0; q < P; ++q) {
     for (int64_t i = 0; i < out[q]; ++i, ++at) {
@@ -75,8 +76,18 @@ void scenario_all_to_all(dist::Comm& comm) {
   // Backward is the reverse exchange: d(sum(y * w))/dx = w routed back, w = row's source.
   auto w = y.detach().select(1, 0).unsqueeze(1).expand_as(y) + 1;
   (y * w).sum().backward();
+  // Collectives on the group's device: a sum and a string from rank 0.
+  auto ones = torch::ones({2}, torch::TensorOptions().device(device));
+  g.all_reduce(ones, dist::ReduceOp::kSum, "test sum");
+  expect_close(ones.cpu(), torch::full({2}, double(P), torch::kFloat), 0, "all_reduce");
+  const std::string text = dist::broadcast_string(g, g.rank() == 0 ? "from rank 0" : "", "text");
+  if (text != "from rank 0") {
+    std::cerr << "FAIL broadcast_string gave '" << text << "'\n";
+    ++failures;
+  }
   // Row (r, p, i) went to p and came back weighted by its source r + 1.
-  expect_close(x.grad(), torch::full_like(x, double(r + 1)), 0, "all_to_all backward");
+  expect_close(x.grad().cpu(), torch::full_like(x, double(r + 1)).cpu(), 0,
+               "all_to_all backward");
 }
 
 config::Config test_config(int64_t ep) {
@@ -185,9 +196,18 @@ int main(int argc, char** argv) {
     o.master_port = env_int("MASTER_PORT", 29500);
     o.timeout_s = env_int("MOETRON_TEST_TIMEOUT_S", 60);
     auto cfg = test_config(ep);
+    // "single_rank_device": one rank with a real backend on the first device (NCCL on a GPU).
+    const bool single_device = scenario == "single_rank_device";
+    torch::Device device(torch::kCPU);
+    if (single_device) {
+      o.force_backend = true;
+      if (torch::cuda::is_available()) device = torch::Device(torch::kCUDA, 0);
+      o.device = device;
+    }
     dist::Comm comm(o, dist::make_mesh(o.world, o.rank, cfg));
-    if (scenario == "all_to_all") {
-      scenario_all_to_all(comm);
+    if (scenario == "all_to_all" || single_device) {
+      if (single_device) std::cerr << "backend " << comm.backend_name() << " on " << device << "\n";
+      scenario_all_to_all(comm, device);
     } else if (scenario == "equivalence") {
       scenario_equivalence(comm, false);
     } else if (scenario == "zero_tokens") {
@@ -205,6 +225,10 @@ int main(int argc, char** argv) {
     std::cerr << "ERROR: " << e.what() << "\n";
     std::cerr.flush();
     ::_exit(3);  // skip destructors: a process group with a dead peer may block in them
+  } catch (const std::exception& e) {
+    std::cerr << "FAIL: unexpected exception: " << e.what() << "\n";
+    std::cerr.flush();
+    ::_exit(1);
   }
   if (failures) std::cerr << failures << " checks failed\n";
   return failures ? 1 : 0;

@@ -32,6 +32,14 @@ void expect_all_pass(const std::string& scenario, int world, int ep) {
 
 TEST(Distributed, AllToAllRoundTripIsRankEncoded) { expect_all_pass("all_to_all", 3, 1); }
 
+// One rank with a real backend on the first device: NCCL when a GPU is present (label gpu; on
+// CPU the same scenario exercises a Gloo group of one).
+TEST(DistributedGpu, SingleRankBackendOnTheDevice) {
+  auto run = run_ranks({kWorker, "single_rank_device", "1"}, 1, out_dir("single_device"), 120);
+  ASSERT_FALSE(run.timed_out) << all_output(run);
+  EXPECT_EQ(run.ranks[0].exit_code, 0) << all_output(run);
+}
+
 TEST(Distributed, ExpertParallel2EqualsOneProcess) { expect_all_pass("equivalence", 2, 2); }
 
 TEST(Distributed, ExpertParallel4EqualsOneProcess) { expect_all_pass("equivalence", 4, 4); }

@@ -79,6 +79,9 @@ struct CommOptions {
   std::string backend = "auto";  // auto | gloo | nccl
   int64_t timeout_s = 300;
   torch::Device device{torch::kCPU};  // tensors' device: NCCL needs CUDA, Gloo takes CPU
+  // Create the store and real backends even for a world of one (tests of the NCCL / Gloo path
+  // on a single device).
+  bool force_backend = false;
 };
 
 class Comm {
