@@ -9,6 +9,7 @@
 #include "moetron/core/error.h"
 
 #include "command.h"
+#include "moetron/dist/env.h"
 #include "moetron/config/loader.h"
 #include "moetron/train/pipeline.h"
 #include "moetron/train/trainer.h"
@@ -71,6 +72,7 @@ Run setup_run(CLI::App& app) {
   return [args, no_plots]() {
     auto cfg = config::load_file(args->path, args->overrides);
     auto stages = train::run_pipeline(cfg);
+    if (dist::read_dist_env().rank != 0) return 0;  // rank 0 reports for a distributed run
     std::cout << "\n" << train::format_stage_table(stages);
     if (!*no_plots) write_plots(stages);
     return 0;

@@ -2,6 +2,8 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/cuda.h>
 
+#include <mutex>
+
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
 #include "moetron/dist/comm.h"
@@ -9,8 +11,11 @@
 
 namespace moetron::dist {
 
-std::unique_ptr<Comm> init_from_env(const config::Config& cfg, const torch::Device& device,
+std::shared_ptr<Comm> init_from_env(const config::Config& cfg, const torch::Device& device,
                                     torch::Device* rank_device) {
+  static std::mutex mu;
+  static std::shared_ptr<Comm> shared;
+  std::lock_guard<std::mutex> lock(mu);
   const DistEnv env = read_dist_env();
   torch::Device dev = device;
   if (dev.is_cuda() && env.distributed()) {
@@ -32,7 +37,21 @@ std::unique_ptr<Comm> init_from_env(const config::Config& cfg, const torch::Devi
   o.backend = cfg.dist.backend;
   o.timeout_s = cfg.dist.timeout_s;
   o.device = dev;
-  return std::make_unique<Comm>(o, make_mesh(env.world_size, env.rank, cfg));
+  const Mesh mesh = make_mesh(env.world_size, env.rank, cfg);
+  if (!env.distributed()) return std::make_shared<Comm>(o, mesh);
+  if (shared) {
+    const auto& had = shared->options();
+    MOETRON_CHECK_CONFIG(shared->mesh().ep == mesh.ep && had.backend == o.backend &&
+                             had.timeout_s == o.timeout_s && had.device == o.device,
+                         "every stage of one distributed process must use the same dist.* "
+                         "settings and device (the process groups are created once): had "
+                         "dist.ep=",
+                         shared->mesh().ep, " dist.backend=", had.backend, " on ", had.device,
+                         ", now dist.ep=", mesh.ep, " dist.backend=", o.backend, " on ", o.device);
+    return shared;
+  }
+  shared = std::make_shared<Comm>(o, mesh);
+  return shared;
 }
 
 }  // namespace moetron::dist

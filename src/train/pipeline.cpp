@@ -7,6 +7,8 @@
 #include "moetron/core/error.h"
 #include "moetron/core/logging.h"
 #include "moetron/data/tasks.h"
+#include "moetron/dist/comm.h"
+#include "session.h"
 
 namespace fs = std::filesystem;
 
@@ -20,10 +22,21 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
   const bool builtin = cfg.data.train_path.empty();
   std::string data_dir = (root / "data").string();
   if (builtin) {
-    if (!fs::exists(fs::path(data_dir) / "meta.json")) {
-      data::make_task_data(cfg.data.task, data_dir, data::task_options(cfg));
-      log::info("wrote built-in task '", cfg.data.task, "' data to ", data_dir);
+    // Distributed: rank 0 writes the files, the others wait for them (the process groups made
+    // here are the ones every stage then reuses).
+    torch::Device device = resolve_device(cfg.train.device);
+    auto comm = dist::init_from_env(cfg, device, &device);
+    std::string failure;
+    if (comm->rank() == 0 && !fs::exists(fs::path(data_dir) / "meta.json")) {
+      try {
+        data::make_task_data(cfg.data.task, data_dir, data::task_options(cfg));
+        log::info("wrote built-in task '", cfg.data.task, "' data to ", data_dir);
+      } catch (const Error& e) {
+        failure = e.what();
+      }
     }
+    failure = dist::broadcast_string(comm->world(), failure, "pipeline data");
+    if (!failure.empty()) throw Error(failure);
     base.data.eval_path = data_dir + "/eval.jsonl";
   }
 

@@ -39,7 +39,7 @@ class LogFileGuard {
 
 struct Session {
   // Declared first so it is destroyed last (after the model whose dispatchers use its groups).
-  std::unique_ptr<dist::Comm> comm;  // world of one unless launched distributed
+  std::shared_ptr<dist::Comm> comm;  // world of one unless launched distributed
   config::Config cfg;  // validated; ckpt.resume overridden by TrainOptions::resume
   std::string yaml;    // config::dump(cfg), stored in the run directory and checkpoints
   torch::Device device{torch::kCPU};

@@ -166,6 +166,27 @@ TEST_F(DistributedTrain, GrpoDataParallelSplitsThePromptsAndResumes) {
   EXPECT_EQ(last, 3);
 }
 
+// `moetron run` on 2 ranks: rank 0 writes the task data, the three stages reuse one set of
+// process groups, and only rank 0 prints the stage table.
+TEST_F(DistributedTrain, PipelineRunsOnTwoRanks) {
+  const std::string logs = root_ + "/logs_pipeline";
+  fs::create_directories(logs);
+  auto run = run_ranks(
+      {kMoetron, "run", kTiny, "pipeline.pretrain_steps=2", "pipeline.sft_steps=2",
+       "pipeline.grpo_steps=1", "pipeline.sft_warmup_steps=0", "pipeline.grpo_warmup_steps=0",
+       "optim.warmup_steps=1", "data.seq_len=32", "train.micro_batch_size=2",
+       "rl.max_new_tokens=8", "rl.prompts_per_step=4", "rl.mini_batch_size=16",
+       "train.eval_batches=1", "data.task_eval_size=4", "log.run_dir=" + root_, "--no-plots"},
+      2, logs, 240);
+  ASSERT_FALSE(run.timed_out) << all_output(run);
+  for (const auto& r : run.ranks) ASSERT_EQ(r.exit_code, 0) << all_output(run);
+  EXPECT_NE(run.ranks[0].output.find("stage      steps"), std::string::npos) << all_output(run);
+  EXPECT_EQ(run.ranks[1].output.find("stage      steps"), std::string::npos) << all_output(run);
+  for (const std::string stage : {"pretrain", "sft", "grpo"}) {
+    EXPECT_TRUE(fs::exists(root_ + "/tiny/" + stage + "/metrics.jsonl")) << stage;
+  }
+}
+
 TEST_F(DistributedTrain, LayoutErrorsNameTheKey) {
   const std::string logs = root_ + "/logs_bad";
   fs::create_directories(logs);

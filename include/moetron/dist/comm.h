@@ -101,6 +101,7 @@ class Comm {
   const std::string& backend_name() const { return backend_name_; }
   int64_t timeout_s() const { return options_.timeout_s; }
   const torch::Device& device() const { return options_.device; }  // where collectives run
+  const CommOptions& options() const { return options_; }
 
   Group& world() { return world_; }
   Group& ep() { return ep_; }  // the ranks that split the experts between them
@@ -126,14 +127,16 @@ class Comm {
 
 namespace moetron::dist {
 
-// This process's place in a distributed run, from the launcher's environment (torchrun or SLURM
-// variables; see read_dist_env) and the config's dist section: a world of one without them.
-// `device` is the configured device; on CUDA each rank takes cuda:LOCAL_RANK (returned in
-// *rank_device) and makes it current. Logs carry the rank from here on.
 // Group rank 0's `value` on every member (two broadcasts: length, bytes).
 std::string broadcast_string(Group& group, const std::string& value, const std::string& what);
 
-std::unique_ptr<Comm> init_from_env(const config::Config& cfg, const torch::Device& device,
+// This process's place in a distributed run, from the launcher's environment (torchrun or SLURM
+// variables; see read_dist_env) and the config's dist section: a world of one without them.
+// `device` is the configured device; on CUDA each rank takes cuda:LOCAL_RANK (returned in
+// *rank_device) and makes it current. Logs carry the rank from here on. The process groups are
+// created once per process and shared by later calls (the stages of `moetron run`), which must
+// ask for the same dist.* settings and device.
+std::shared_ptr<Comm> init_from_env(const config::Config& cfg, const torch::Device& device,
                                     torch::Device* rank_device);
 
 }  // namespace moetron::dist
