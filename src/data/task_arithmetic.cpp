@@ -1,5 +1,5 @@
 // The arithmetic task: multi-digit + - * problems with column-by-column <think> traces (carries,
-// borrows, partial products) the way a person works them on paper, larger operand first.
+// borrows, partial products) the way a person works them on paper.
 #include <algorithm>
 #include <sstream>
 
@@ -99,18 +99,9 @@ Problem make_arithmetic(Rng& rng, const TaskDataOptions& options) {
   const char op = options.ops[rng.uniform(0, static_cast<int64_t>(options.ops.size()) - 1)];
   int64_t result = op == '+' ? a + b : op == '-' ? a - b : a * b;
 
-  // Commutative operations are worked with the larger operand first (as negative differences
-  // are worked as the larger minus the smaller), so a + b and b + a share every written step:
-  // the facts a problem needs do not depend on the order it is asked in.
   std::ostringstream trace;
   if (op == '+') {
-    if (a < b) {
-      trace << "Addition is commutative, so add the larger number first: " << b << " + " << a
-            << ".\n";
-      column_add(trace, b, a);
-    } else {
-      column_add(trace, a, b);
-    }
+    column_add(trace, a, b);
   } else if (op == '-') {
     if (a >= b) {
       column_sub(trace, a, b);
@@ -119,10 +110,6 @@ Problem make_arithmetic(Rng& rng, const TaskDataOptions& options) {
             << a << " and negate it.\n";
       column_sub(trace, b, a);
     }
-  } else if (a < b) {
-    trace << "Multiplication is commutative, so multiply the larger number by the smaller: " << b
-          << " * " << a << ".\n";
-    long_multiply(trace, b, a);
   } else {
     long_multiply(trace, a, b);
   }
