@@ -99,45 +99,61 @@ std::vector<int> grouped_gemm_group_sizes(const GemmProblem* problems, int64_t c
   return sizes;
 }
 
-BlasStatus launch_grouped_gemm(const GroupedGemmParams& params, cublasHandle_t handle,
-                               cudaStream_t stream) {
-  const char* const kCheck = "launch_grouped_gemm (parameters)";
-  if (params.count < 0 || params.count > INT_MAX / 3 || !valid_dtype(params.dtype)) {
-    return cuda_failure(cudaErrorInvalidValue, kCheck);
-  }
-  if (params.count == 0) return {};
-  if (params.problems == nullptr || params.device_pointers == nullptr || handle == nullptr) {
-    return cuda_failure(cudaErrorInvalidValue, kCheck);
+GroupedGemmPlan plan_grouped_gemm(const GroupedGemmParams& params) {
+  GroupedGemmPlan plan;
+  if (params.count < 0 || params.count > INT_MAX / 3 || !valid_dtype(params.dtype) ||
+      (params.count > 0 && params.problems == nullptr)) {
+    plan.status = cudaErrorInvalidValue;
+    return plan;
   }
   const int64_t elem = element_size(params.dtype);
   for (int64_t i = 0; i < params.count; ++i) {
     const GemmProblem& p = params.problems[i];
-    if (!valid_problem(p)) return cuda_failure(cudaErrorInvalidValue, kCheck);
+    if (!valid_problem(p)) {
+      plan.status = cudaErrorInvalidValue;
+      return plan;
+    }
     if (params.dtype != GemmDType::kFloat32 &&
         (!aligned(p.a, p.lda, elem) || !aligned(p.b, p.ldb, elem) || !aligned(p.c, p.ldc, elem))) {
-      return cuda_failure(cudaErrorMisalignedAddress, kCheck);
+      plan.status = cudaErrorMisalignedAddress;
+      return plan;
     }
   }
-
-  // One cuBLAS group per run of equal-shape problems; per-group descriptions live on the host.
-  const std::vector<int> group_size = grouped_gemm_group_sizes(params.problems, params.count);
-  const size_t G = group_size.size();
-  std::vector<cublasOperation_t> transa(G), transb(G);
-  std::vector<int> m(G), n(G), k(G), lda(G), ldb(G), ldc(G);
-  std::vector<float> alpha(G, 1.0f), beta(G);
+  // One cuBLAS group per run of equal-shape problems. Column-major: m and n swap, cuBLAS's A
+  // is our B and its B our A, each with its own transpose flag.
+  plan.group_size = grouped_gemm_group_sizes(params.problems, params.count);
   int64_t first = 0;
-  for (size_t g = 0; g < G; ++g) {
+  for (const int size : plan.group_size) {
     const GemmProblem& p = params.problems[first];
-    transa[g] = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    transb[g] = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    m[g] = static_cast<int>(p.n);
-    n[g] = static_cast<int>(p.m);
-    k[g] = static_cast<int>(p.k);
-    lda[g] = static_cast<int>(p.ldb);
-    ldb[g] = static_cast<int>(p.lda);
-    ldc[g] = static_cast<int>(p.ldc);
-    beta[g] = p.beta;
-    first += group_size[g];
+    plan.transa.push_back(p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+    plan.transb.push_back(p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+    plan.m.push_back(static_cast<int>(p.n));
+    plan.n.push_back(static_cast<int>(p.m));
+    plan.k.push_back(static_cast<int>(p.k));
+    plan.lda.push_back(static_cast<int>(p.ldb));
+    plan.ldb.push_back(static_cast<int>(p.lda));
+    plan.ldc.push_back(static_cast<int>(p.ldc));
+    plan.alpha.push_back(1.0f);
+    plan.beta.push_back(p.beta);
+    first += size;
+  }
+  return plan;
+}
+
+BlasStatus launch_grouped_gemm(const GroupedGemmParams& params, cublasHandle_t handle,
+                               cudaStream_t stream) {
+  const char* const kCheck = "launch_grouped_gemm (parameters)";
+  const GroupedGemmPlan plan = plan_grouped_gemm(params);
+  if (plan.status != 0) return cuda_failure(static_cast<cudaError_t>(plan.status), kCheck);
+  if (params.count == 0) return {};
+  if (params.device_pointers == nullptr || handle == nullptr) {
+    return cuda_failure(cudaErrorInvalidValue, kCheck);
+  }
+  const size_t G = plan.group_size.size();
+  std::vector<cublasOperation_t> transa(G), transb(G);
+  for (size_t g = 0; g < G; ++g) {
+    transa[g] = static_cast<cublasOperation_t>(plan.transa[g]);
+    transb[g] = static_cast<cublasOperation_t>(plan.transb[g]);
   }
   const int64_t P = params.count;
   const void* const* a_array = params.device_pointers;
@@ -155,10 +171,11 @@ BlasStatus launch_grouped_gemm(const GroupedGemmParams& params, cublasHandle_t h
     st = cublasSetPointerMode(handle, CUBLAS_POINTER_MODE_HOST);
     if (st != CUBLAS_STATUS_SUCCESS) return blas_failure(st, "cublasSetPointerMode");
   }
-  st = cublasGemmGroupedBatchedEx(handle, transa.data(), transb.data(), m.data(), n.data(),
-                                  k.data(), alpha.data(), a_array, type, lda.data(), b_array, type,
-                                  ldb.data(), beta.data(), c_array, type, ldc.data(),
-                                  static_cast<int>(G), group_size.data(), CUBLAS_COMPUTE_32F);
+  st = cublasGemmGroupedBatchedEx(handle, transa.data(), transb.data(), plan.m.data(),
+                                  plan.n.data(), plan.k.data(), plan.alpha.data(), a_array, type,
+                                  plan.lda.data(), b_array, type, plan.ldb.data(), plan.beta.data(),
+                                  c_array, type, plan.ldc.data(), static_cast<int>(G),
+                                  plan.group_size.data(), CUBLAS_COMPUTE_32F);
   if (mode != CUBLAS_POINTER_MODE_HOST) {
     const cublasStatus_t restore = cublasSetPointerMode(handle, mode);
     if (st == CUBLAS_STATUS_SUCCESS && restore != CUBLAS_STATUS_SUCCESS) {

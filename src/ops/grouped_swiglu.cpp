@@ -11,9 +11,12 @@
 #include <optional>
 
 #include "cuda_util.h"
+#include "grouped_swiglu_testing.h"
 
 #if MOETRON_HAVE_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
+
+#include <atomic>
 
 #include "moetron/kernels/grouped_gemm.h"
 #endif
@@ -142,6 +145,8 @@ void gate_up_backward_reference(const torch::Tensor& da_NI, const torch::Tensor&
 // ---- CUDA: one cuBLAS grouped GEMM per projection ----------------------------------------------
 
 #if MOETRON_HAVE_CUDA_KERNELS
+std::atomic<detail::GroupedGemmHostExecutor> g_host_executor{nullptr};  // tests only
+
 kernels::GemmDType gemm_dtype(const torch::Tensor& t) {
   switch (t.scalar_type()) {
     case torch::kFloat32:
@@ -195,6 +200,10 @@ class GroupedCall {
   void run(const char* what) {
     if (problems_.empty()) return;
     const auto count = static_cast<int64_t>(problems_.size());
+    if (const auto executor = g_host_executor.load()) {
+      executor(problems_.data(), count, dtype_);
+      return;
+    }
     auto table = torch::empty({kernels::grouped_gemm_pointer_count(count)},
                               torch::TensorOptions().dtype(torch::kInt64).pinned_memory(true));
     kernels::grouped_gemm_pointers(problems_.data(), count,
@@ -224,8 +233,9 @@ class GroupedCall {
 };
 
 void check_cuda_inputs(const torch::Tensor& x_ND, const torch::Tensor& gate_EID) {
-  MOETRON_CHECK(x_ND.is_cuda(), "grouped_swiglu(cuda): rows must be a CUDA tensor, got ",
-                x_ND.device(), " (", kKey, ": cuda)");
+  MOETRON_CHECK(x_ND.is_cuda() || g_host_executor.load() != nullptr,
+                "grouped_swiglu(cuda): rows must be a CUDA tensor, got ", x_ND.device(), " (", kKey,
+                ": cuda)");
   (void)gemm_dtype(x_ND);
   const int64_t I = gate_EID.size(1), D = gate_EID.size(2);
   MOETRON_CHECK(I >= 1 && D >= 1, "grouped_swiglu(cuda): empty experts (I ", I, ", D ", D, ")");
@@ -381,7 +391,8 @@ GroupedSwiGluForward grouped_swiglu_forward(const torch::Tensor& x_ND,
   if (impl == Impl::kCuda) {
 #if MOETRON_HAVE_CUDA_KERNELS
     check_cuda_inputs(x, gate_EID);
-    const c10::cuda::CUDAGuard guard(x.device());
+    std::optional<c10::cuda::CUDAGuard> guard;
+    if (x.is_cuda()) guard.emplace(x.device());
 #endif
     gate_up_cuda(x, gate_EID.contiguous(), up_EID.contiguous(), counts, first_expert, f.a_NI,
                  f.b_NI);
@@ -423,7 +434,7 @@ GroupedSwiGluGrads grouped_swiglu_backward(
   std::optional<c10::cuda::CUDAGuard> guard;
   if (cuda) {
     check_cuda_inputs(x, gate_EID);
-    guard.emplace(x.device());
+    if (x.is_cuda()) guard.emplace(x.device());
   }
 #endif
   if (cuda) {
@@ -452,6 +463,12 @@ torch::Tensor grouped_swiglu(const torch::Tensor& x_ND, const torch::Tensor& gat
   check_inputs(x_ND, gate_EID, up_EID, down_EDI, counts, first_expert);
   return GroupedSwiGluFn::apply(x_ND, gate_EID, up_EID, down_EDI, counts, first_expert, impl);
 }
+
+#if MOETRON_HAVE_CUDA_KERNELS
+void detail::set_grouped_gemm_host_executor(GroupedGemmHostExecutor executor) {
+  g_host_executor.store(executor);
+}
+#endif
 
 void check_cuda_grouped_gemm_supported() {
   if (!cuda_kernels_built()) detail::throw_no_cuda_kernels(kKey);

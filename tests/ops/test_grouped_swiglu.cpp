@@ -2,7 +2,9 @@
 // and to autograd through a per-expert loop (fp64 to 1e-12, fp32 to round-off), with experts
 // without rows, an expert offset (sharded experts), no rows at all; the forward / backward
 // primitives equal the autograd node; errors; the torch-free launcher's parameter checks and
-// grouping (no device needed: it rejects before touching CUDA).
+// grouping (no device needed: it rejects before touching CUDA); the launcher's cuBLAS arguments
+// and the CUDA implementation's problem lists, run on the host through cuBLAS's documented
+// column-major semantics, against torch and the reference.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -19,7 +21,11 @@
 #if MOETRON_HAVE_CUDA_KERNELS
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+#include <stdexcept>
+
 #include "moetron/kernels/grouped_gemm.h"
+#include "ops/grouped_swiglu_testing.h"  // src/ops: the host-executor seam
 #endif
 
 namespace moetron::ops {
@@ -376,6 +382,136 @@ TEST(GroupedGemmLauncher, GroupsRunsOfEqualShapesAndLaysOutThePointerTable) {
     EXPECT_EQ(table[5 + i], &tag[i]);
     EXPECT_EQ(table[10 + i], &tag[10 + i]);
   }
+}
+
+// cublasGemmGroupedBatchedEx as documented (column-major; per group alpha, beta, op(A) m x k,
+// op(B) k x n; the problems of group g take the next group_size[g] entries of the A, B and C
+// pointer arrays; beta = 0 does not read C), on the host for fp32: the independent statement of
+// what the launcher's plan asks cuBLAS to compute.
+void emulate_cublas(const kernels::GroupedGemmPlan& plan, const void* const* table, int64_t P) {
+  int64_t idx = 0;
+  for (size_t g = 0; g < plan.group_size.size(); ++g) {
+    const int m = plan.m[g], n = plan.n[g], k = plan.k[g];
+    const int lda = plan.lda[g], ldb = plan.ldb[g], ldc = plan.ldc[g];
+    for (int j = 0; j < plan.group_size[g]; ++j, ++idx) {
+      const auto* A = static_cast<const float*>(table[idx]);
+      const auto* B = static_cast<const float*>(table[P + idx]);
+      auto* C = static_cast<float*>(const_cast<void*>(table[2 * P + idx]));
+      for (int c = 0; c < n; ++c) {
+        for (int r = 0; r < m; ++r) {
+          double acc = 0;
+          for (int l = 0; l < k; ++l) {
+            const float a = plan.transa[g] == 0 ? A[r + int64_t(l) * lda] : A[l + int64_t(r) * lda];
+            const float b = plan.transb[g] == 0 ? B[l + int64_t(c) * ldb] : B[c + int64_t(l) * ldb];
+            acc += double(a) * double(b);
+          }
+          float& out = C[r + int64_t(c) * ldc];
+          const double prior = plan.beta[g] == 0.0f ? 0.0 : double(plan.beta[g]) * out;
+          out = static_cast<float>(plan.alpha[g] * acc + prior);
+        }
+      }
+    }
+  }
+}
+
+std::atomic<int> g_host_calls{0};
+
+// Plans like launch_grouped_gemm, lays out the pointer table like the device copy, emulates.
+void host_executor(const kernels::GemmProblem* problems, int64_t count, kernels::GemmDType dtype) {
+  if (dtype != kernels::GemmDType::kFloat32) throw std::runtime_error("host executor: fp32 only");
+  kernels::GroupedGemmParams p;
+  p.problems = problems;
+  p.count = count;
+  p.dtype = dtype;
+  const auto plan = kernels::plan_grouped_gemm(p);
+  if (plan.status != 0) throw std::runtime_error("host executor: the launcher rejected the call");
+  std::vector<const void*> table(kernels::grouped_gemm_pointer_count(count));
+  kernels::grouped_gemm_pointers(problems, count, table.data());
+  emulate_cublas(plan, table.data(), count);
+  ++g_host_calls;
+}
+
+struct HostExecutorScope {
+  HostExecutorScope() {
+    g_host_calls = 0;
+    detail::set_grouped_gemm_host_executor(host_executor);
+  }
+  ~HostExecutorScope() { detail::set_grouped_gemm_host_executor(nullptr); }
+};
+
+// Row-major products with every transpose combination, row strides wider than the rows, beta 0
+// and 1, equal shapes grouped: the plan's column-major cuBLAS arguments compute them.
+TEST(GroupedGemmLauncher, PlanComputesTheRowMajorProducts) {
+  torch::manual_seed(7);
+  struct Case {
+    bool ta, tb;
+    int64_t m, n, k;
+    float beta;
+  };
+  const std::vector<Case> cases = {{false, false, 3, 5, 4, 0}, {false, true, 3, 5, 4, 0},
+                                   {false, true, 3, 5, 4, 0},  {true, false, 6, 2, 7, 0},
+                                   {true, true, 1, 9, 3, 0},   {false, false, 4, 4, 4, 1}};
+  std::vector<torch::Tensor> keep, want;
+  std::vector<kernels::GemmProblem> ps;
+  auto padded = [&](int64_t rows, int64_t cols) {  // [rows, cols] view of [rows, cols + 3]
+    auto t = torch::randn({rows, cols + 3}).narrow(1, 0, cols);
+    keep.push_back(t);
+    return t;
+  };
+  for (const auto& c : cases) {
+    auto A = c.ta ? padded(c.k, c.m) : padded(c.m, c.k);
+    auto B = c.tb ? padded(c.n, c.k) : padded(c.k, c.n);
+    auto C = padded(c.m, c.n);
+    auto expect = (c.ta ? A.t() : A).mm(c.tb ? B.t() : B);
+    if (c.beta != 0) expect = expect + C;
+    want.push_back(expect);
+    kernels::GemmProblem p;
+    p.trans_a = c.ta;
+    p.trans_b = c.tb;
+    p.m = c.m;
+    p.n = c.n;
+    p.k = c.k;
+    p.a = A.data_ptr();
+    p.lda = A.stride(0);
+    p.b = B.data_ptr();
+    p.ldb = B.stride(0);
+    p.c = C.data_ptr();
+    p.ldc = C.stride(0);
+    p.beta = c.beta;
+    ps.push_back(p);
+  }
+  EXPECT_EQ(kernels::grouped_gemm_group_sizes(ps.data(), 6), (std::vector<int>{1, 2, 1, 1, 1}));
+  host_executor(ps.data(), static_cast<int64_t>(ps.size()), kernels::GemmDType::kFloat32);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    auto C = keep[3 * i + 2];
+    EXPECT_LT(max_abs_diff(C, want[i]), 1e-5) << "case " << i;
+  }
+}
+
+// The CUDA implementation's grouped calls (problem lists, strides, transposes, the accumulating
+// dx call, empty experts, offsets) run on the host through the launcher's plan: equal to the
+// reference forward, backward and through autograd.
+TEST(GroupedSwiGlu, CudaPathRunOnTheHostEqualsTheReference) {
+  torch::manual_seed(8);
+  const int64_t E = 8, D = 12, I = 6, N = sum(kSkewed);
+  const auto w = random_weights(E, D, I, torch::kFloat32);
+  auto x = torch::randn({N, D});
+  auto g = torch::randn({N, D});
+  const auto ref = run_op(x, w, kSkewed, 0, g, Impl::kReference);
+  HostExecutorScope scope;
+  const auto got = run_op(x, w, kSkewed, 0, g, Impl::kCuda);
+  EXPECT_EQ(g_host_calls.load(), 5);  // forward 2 (gate+up, down), backward 3
+  expect_close(got, ref, 1e-5, "host-run cuda path");
+  // An offset slice with equal counts (one group per call kind) and experts before it.
+  const std::vector<int64_t> counts{4, 4, 0, 4};
+  auto xs = torch::randn({12, D}), gs = torch::randn({12, D});
+  expect_close(run_op(xs, w, counts, 3, gs, Impl::kCuda),
+               run_op(xs, w, counts, 3, gs, Impl::kReference), 1e-5, "offset, equal counts");
+  // No rows: nothing to launch.
+  g_host_calls = 0;
+  const auto none = run_op(torch::randn({0, D}), w, {0, 0}, 0, torch::randn({0, D}), Impl::kCuda);
+  EXPECT_EQ(g_host_calls.load(), 0);
+  EXPECT_EQ(none.dgate.abs().sum().item<double>(), 0.0);
 }
 #endif
 

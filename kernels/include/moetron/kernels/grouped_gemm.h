@@ -54,6 +54,17 @@ void grouped_gemm_pointers(const GemmProblem* problems, int64_t count, const voi
 // The cuBLAS group sizes the launcher will use (runs of equal-shape consecutive problems).
 std::vector<int> grouped_gemm_group_sizes(const GemmProblem* problems, int64_t count);
 
+// The cuBLAS arguments of one launch, one entry per group (host arrays): what
+// launch_grouped_gemm passes to cublasGemmGroupedBatchedEx, column-major. transa / transb hold
+// cublasOperation_t values (0 = N, 1 = T). status is the cudaError_t of the parameter checks
+// (0 = the plan is valid); the pointer table (grouped_gemm_pointers) supplies the matrices.
+struct GroupedGemmPlan {
+  int status = 0;
+  std::vector<int> transa, transb, m, n, k, lda, ldb, ldc, group_size;
+  std::vector<float> alpha, beta;
+};
+GroupedGemmPlan plan_grouped_gemm(const GroupedGemmParams& params);
+
 // Result of a launch: the CUDA error and the cuBLAS status (0 = success) and the failing call.
 struct BlasStatus {
   int cuda = 0;    // cudaError_t
@@ -62,7 +73,8 @@ struct BlasStatus {
   bool ok() const { return cuda == 0 && cublas == 0; }
 };
 
-// Checks the parameters (cudaErrorInvalidValue for a bad shape, stride or null pointer,
+// Checks the parameters and plans (plan_grouped_gemm: cudaErrorInvalidValue for a bad shape,
+// stride or null pointer,
 // cudaErrorMisalignedAddress for a 16-bit matrix whose pointer breaks cuBLAS's rule: 16-byte
 // aligned when its row size in bytes is a multiple of 16, else 4-byte aligned when that is a
 // multiple of 4), binds `stream` to `handle`, runs one
