@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <utility>
 #include <vector>
 
 #include "moetron/build_config.h"
@@ -221,6 +222,19 @@ int run_bench_train(const BenchTrainArgs& args) {
                        "bench train: --compare takes 'kernels', got '", args.compare, "'");
   const config::Config cfg = config::load_file(args.config->path, args.config->overrides);
   const torch::Device device = bench_device(cfg.train.device);
+  if (!device.is_cuda()) {
+    const auto& k = cfg.kernels;
+    for (const auto& [key, value] : {std::pair<const char*, const std::string&>{"gate", k.gate},
+                                     {"permute", k.permute},
+                                     {"grouped_gemm", k.grouped_gemm},
+                                     {"attention", k.attention},
+                                     {"decode_attention", k.decode_attention}}) {
+      MOETRON_CHECK_CONFIG(value != "cuda", "kernels.", key,
+                           ": 'cuda' needs a CUDA device but this bench runs on the CPU; pass "
+                           "kernels.",
+                           key, "=reference");
+    }
+  }
   const int64_t T = cfg.data.seq_len;
   const int64_t tokens = cfg.train.micro_batch_size * T * cfg.train.grad_accum_steps;
   const auto flops = model::forward_flops_per_token(cfg, T);

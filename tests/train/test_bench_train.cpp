@@ -1,7 +1,7 @@
 // `moetron bench train` as a user runs it on a CPU (the CI smoke): real training steps of
 // configs/tiny.yaml, the printed fields (step time, tokens/s, model FLOP/s, MFU "-" with the
 // reason, loss) and the final JSON line; --compare kernels measures both kernel settings in
-// the same run; bad arguments exit 2.
+// the same run; bad arguments and CUDA kernels on a CPU exit 2.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -74,6 +74,11 @@ TEST_F(BenchTrainCli, BadArgumentsAreUsageErrors) {
   EXPECT_EQ(r.code, 2) << r.out << r.err;
   r = run_moetron({"bench", "train", kTiny, "--compare", "attention"}, MOETRON_SOURCE_DIR);
   EXPECT_EQ(r.code, 2) << r.out << r.err;
+  // A CUDA kernel on a CPU run is refused before any step, naming the key.
+  r = run_moetron({"bench", "train", kTiny, "train.device=cpu", "kernels.grouped_gemm=cuda"},
+                  MOETRON_SOURCE_DIR);
+  EXPECT_EQ(r.code, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("kernels.grouped_gemm"), std::string::npos) << r.err;
   r = run_moetron({"bench", "train", "--help"}, MOETRON_SOURCE_DIR);
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("MFU ="), std::string::npos) << r.out;
