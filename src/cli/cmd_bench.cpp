@@ -1,7 +1,8 @@
 // `moetron bench model CONFIG [overrides]`: times a training step (forward + backward) of the
 // configured model and, with --hf, the same weights and batch in HF transformers in the same
 // run (bench/hf_train_step.py), printing the ratio. `moetron bench kernels`: our CUDA kernels
-// against the composites they replace (bench_kernels.cpp). Timings live here, never in tests.
+// against the composites they replace (bench_kernels.cpp). `moetron bench train`: training-step
+// throughput and MFU (bench_train.cpp). Timings live here, never in tests.
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,7 @@
 
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include "bench_kernels.h"
+#include "bench_train.h"
 #include "command.h"
 #include "moetron/build_config.h"
 #include "moetron/ckpt/hf_model.h"
@@ -168,10 +170,24 @@ Run setup_bench(CLI::App& app) {
   kernels->add_option("--shapes", kargs->shapes, "Shapes: tiny, v2-lite, v3")
       ->delimiter(',')
       ->capture_default_str();
-  return [model, run_model, kernels, kargs]() -> int {
+  auto targs = std::make_shared<BenchTrainArgs>();
+  CLI::App* train = app.add_subcommand(
+      "train",
+      "Training-step throughput of CONFIG's model on random tokens: tokens/s, step time, "
+      "MFU (--compare kernels: also with every kernels.* = reference)");
+  train->footer(kMfuDefinition);
+  add_config_args(*train, targs->config, true);
+  train->add_option("--steps", targs->steps, "Timed steps")->capture_default_str();
+  train->add_option("--warmup", targs->warmup, "Untimed steps first")->capture_default_str();
+  train
+      ->add_option("--compare", targs->compare,
+                   "kernels: measure the config with every kernels.* = reference too (same run)")
+      ->check(CLI::IsMember({"kernels"}));
+  return [model, run_model, kernels, kargs, train, targs]() -> int {
     if (model->parsed()) return run_model();
     if (kernels->parsed()) return run_bench_kernels(*kargs);
-    throw Error(ErrorKind::kUsage, "bench: choose a benchmark (model, kernels)");
+    if (train->parsed()) return run_bench_train(*targs);
+    throw Error(ErrorKind::kUsage, "bench: choose a benchmark (model, kernels, train)");
   };
 }
 

@@ -149,6 +149,9 @@ DeepseekV3ForCausalLMImpl::DeepseekV3ForCausalLMImpl(const config::Config& cfg)
       local->set_permute_impl(permute_impl);
     }
   }
+  // kernels.grouped_gemm: the routed experts' projections as cuBLAS grouped GEMMs.
+  const auto grouped_gemm_impl = ops::parse_impl(cfg.kernels.grouped_gemm, "kernels.grouped_gemm");
+  for (auto& moe : moe_layers()) moe->experts->set_impl(grouped_gemm_impl);
   reset_parameters();
   log::info(summary_line(cfg));
 }

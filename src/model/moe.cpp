@@ -10,6 +10,7 @@
 #include "moetron/core/error.h"
 #include "moetron/ops/expert_counts.h"
 #include "moetron/ops/fused_gate.h"
+#include "moetron/ops/grouped_swiglu.h"
 #include "moetron/ops/permute.h"
 
 namespace moetron::model {
@@ -225,127 +226,24 @@ void ExpertsImpl::shard(int64_t first, int64_t count, int64_t total) {
   total_ = total;
 }
 
-namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-// out = a · b, written into `out` (a view into a larger buffer; out= needs an lvalue).
-void mm_into(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b) {
-  at::mm_out(out, a, b);
+void ExpertsImpl::set_impl(ops::Impl impl) {
+  if (impl == ops::Impl::kCuda) ops::check_cuda_grouped_gemm_supported();
+  impl_ = impl;
 }
-
-// Which stacked experts the grouped rows belong to: counts[i] rows for expert first + i.
-struct ExpertGroups {
-  std::vector<int64_t> counts;
-  int64_t first = 0;
-};
-
-// The routed experts' SwiGLU over rows grouped by expert, y_n = (silu(x_n G_eᵀ) ⊙ x_n U_eᵀ) D_eᵀ,
-// as one autograd node. Only the matmuls are per expert, each writing straight into its rows of
-// a shared buffer (or its slice of a weight gradient); the elementwise SwiGLU runs once over
-// all rows. The autograd version of the same loop was ~10 nodes per expert plus an unbind /
-// stack of the weight gradients (a full copy of them) and a split / cat of the rows.
-struct GroupedSwiGlu : public torch::autograd::Function<GroupedSwiGlu> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_ND,
-                               const torch::Tensor& gate_EID, const torch::Tensor& up_EID,
-                               const torch::Tensor& down_EDI, const ExpertGroups& groups) {
-    const int64_t N = x_ND.size(0), D = x_ND.size(1), I = gate_EID.size(1);
-    auto gate_NI = torch::empty({N, I}, x_ND.options());
-    auto up_NI = torch::empty({N, I}, x_ND.options());
-    for_each_expert(groups, [&](int64_t e, int64_t start, int64_t n) {
-      auto x_nD = x_ND.narrow(0, start, n);
-      mm_into(gate_NI.narrow(0, start, n), x_nD, gate_EID[e].t());
-      mm_into(up_NI.narrow(0, start, n), x_nD, up_EID[e].t());
-    });
-    auto h_NI = torch::silu(gate_NI).mul_(up_NI);
-    auto y_ND = torch::empty({N, D}, x_ND.options());
-    for_each_expert(groups, [&](int64_t e, int64_t start, int64_t n) {
-      mm_into(y_ND.narrow(0, start, n), h_NI.narrow(0, start, n), down_EDI[e].t());
-    });
-    ctx->save_for_backward({x_ND, gate_EID, up_EID, down_EDI, gate_NI, up_NI, h_NI});
-    ctx->saved_data["counts"] = groups.counts;
-    ctx->saved_data["first"] = groups.first;
-    return y_ND;
-  }
-
-  // With a = x Gᵀ, b = x Uᵀ, h = silu(a) ⊙ b, y = h Dᵀ per expert:
-  // dh = dy D, dD = dyᵀ h, db = dh ⊙ silu(a), da = silu'(a) ⊙ dh ⊙ b,
-  // dx = da G + db U, dG = daᵀ x, dU = dbᵀ x. Experts without rows get zero gradients.
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    auto saved = ctx->get_saved_variables();
-    const auto &x_ND = saved[0], &gate_EID = saved[1], &up_EID = saved[2];
-    const auto &down_EDI = saved[3], &gate_NI = saved[4], &up_NI = saved[5], &h_NI = saved[6];
-    const ExpertGroups groups{ctx->saved_data["counts"].toIntVector(),
-                              ctx->saved_data["first"].toInt()};
-    auto dy_ND = grad_outputs[0].contiguous();
-    auto dgate_EID = torch::empty_like(gate_EID);
-    auto dup_EID = torch::empty_like(up_EID);
-    auto ddown_EDI = torch::empty_like(down_EDI);
-    std::vector<bool> has_rows(gate_EID.size(0), false);
-    auto dh_NI = torch::empty_like(h_NI);
-    for_each_expert(groups, [&](int64_t e, int64_t start, int64_t n) {
-      auto dy_nD = dy_ND.narrow(0, start, n);
-      mm_into(dh_NI.narrow(0, start, n), dy_nD, down_EDI[e]);
-      mm_into(ddown_EDI[e], dy_nD.t(), h_NI.narrow(0, start, n));
-      has_rows[e] = true;
-    });
-    auto dup_NI = dh_NI * torch::silu(gate_NI);
-    auto dgate_NI = at::silu_backward(dh_NI.mul_(up_NI), gate_NI);
-    auto dx_ND = torch::empty_like(x_ND);
-    for_each_expert(groups, [&](int64_t e, int64_t start, int64_t n) {
-      auto x_nD = x_ND.narrow(0, start, n);
-      auto dx_nD = dx_ND.narrow(0, start, n);
-      auto da_nI = dgate_NI.narrow(0, start, n), db_nI = dup_NI.narrow(0, start, n);
-      mm_into(dx_nD, da_nI, gate_EID[e]);
-      dx_nD.addmm_(db_nI, up_EID[e]);
-      mm_into(dgate_EID[e], da_nI.t(), x_nD);
-      mm_into(dup_EID[e], db_nI.t(), x_nD);
-    });
-    for (int64_t e = 0; e < gate_EID.size(0); ++e) {
-      if (has_rows[e]) continue;
-      dgate_EID[e].zero_();
-      dup_EID[e].zero_();
-      ddown_EDI[e].zero_();
-    }
-    return {dx_ND, dgate_EID, dup_EID, ddown_EDI, torch::Tensor()};
-  }
-
-  // fn(stacked expert index, first row, rows) for every expert that received rows.
-  template <typename Fn>
-  static void for_each_expert(const ExpertGroups& groups, Fn&& fn) {
-    int64_t start = 0;
-    for (size_t i = 0; i < groups.counts.size(); ++i) {
-      const int64_t n = groups.counts[i];
-      if (n > 0) fn(groups.first + static_cast<int64_t>(i), start, n);
-      start += n;
-    }
-  }
-};
-
-}  // namespace
 
 torch::Tensor ExpertsImpl::forward(const torch::Tensor& x_ND, const std::vector<int64_t>& counts,
                                    int64_t first_expert) {
-  MOETRON_CHECK(
-      first_expert >= 0 && first_expert + static_cast<int64_t>(counts.size()) <= n_experts(),
-      "experts: ", counts.size(), " counts from expert ", first_expert, " exceed the ", n_experts(),
-      " stacked experts");
-  int64_t total = 0;
-  for (const int64_t n : counts) total += n;
-  MOETRON_CHECK(total == x_ND.size(0), "experts: counts sum to ", total, " but got ", x_ND.size(0),
-                " rows");
   // Under autocast the matmuls run in the autocast dtype, as autocast would run them one by
   // one: cast once here (differentiably, so fp32 master weights get their gradients) and keep
-  // autocast out of the grouped function, whose out= matmuls it would not handle.
+  // autocast out of the grouped op, whose out= matmuls it would not handle.
   auto dtype = x_ND.scalar_type();
   const auto device_type = x_ND.device().type();
   if (at::autocast::is_autocast_enabled(device_type)) {
     dtype = at::autocast::get_autocast_dtype(device_type);
   }
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  return GroupedSwiGlu::apply(x_ND.contiguous().to(dtype), gate_proj.to(dtype), up_proj.to(dtype),
-                              down_proj.to(dtype), ExpertGroups{counts, first_expert});
+  return ops::grouped_swiglu(x_ND.contiguous().to(dtype), gate_proj.to(dtype), up_proj.to(dtype),
+                             down_proj.to(dtype), counts, first_expert, impl_);
 }
 
 // ---- MoE layer ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "moetron/config/loader.h"
 #include "moetron/core/error.h"
 #include "moetron/model/accounting.h"
 #include "moetron/model/bias_update.h"
@@ -456,6 +457,21 @@ TEST(Accounting, FlopsFormulaAndSummary) {
   auto line = summary_line(testing::v3_config());
   EXPECT_NE(line.find("671.03B"), std::string::npos) << line;
   EXPECT_NE(line.find("36.63B"), std::string::npos) << line;
+}
+
+// configs/moe-1b.yaml, the single-H200 MFU target: ~1B parameters in total.
+TEST(Accounting, Moe1bPresetIsAboutOneBillion) {
+  const auto cfg = config::load_file(std::string(MOETRON_SOURCE_DIR) + "/configs/moe-1b.yaml");
+  const auto p = count_params(cfg);
+  EXPECT_GE(p.total, 900000000LL) << summary_line(cfg);
+  EXPECT_LE(p.total, 1300000000LL) << summary_line(cfg);
+  EXPECT_LE(p.total + p.mtp_total, 1300000000LL) << summary_line(cfg);
+  EXPECT_GT(p.mtp_total, 0);
+  EXPECT_EQ(*cfg.moe.n_routed_experts, 64);
+  EXPECT_EQ(cfg.moe.n_shared_experts, 1);
+  EXPECT_EQ(cfg.moe.num_experts_per_tok, 6);
+  EXPECT_EQ(cfg.data.seq_len, 4096);
+  validate_model_config(cfg);
 }
 
 TEST(Config, InvalidSettingsNameTheKey) {

@@ -126,10 +126,14 @@ class ExpertsImpl : public torch::nn::Module {
  public:
   ExpertsImpl(int64_t n_experts, int64_t hidden, int64_t intermediate);
   // x_ND grouped by expert (counts[i] rows for expert first_expert + i) -> y_ND, same order.
-  // One autograd node: one mm per non-empty expert and projection over its contiguous rows,
-  // the SwiGLU elementwise ops once over all rows, a hand-written backward (moe.cpp).
+  // One autograd node (ops::grouped_swiglu): one matmul per non-empty expert and projection
+  // (reference) or one cuBLAS grouped GEMM per projection over all experts (kernels.grouped_gemm:
+  // cuda), the SwiGLU elementwise ops once over all rows, a hand-written backward.
   torch::Tensor forward(const torch::Tensor& x_ND, const std::vector<int64_t>& counts,
                         int64_t first_expert = 0);
+  // kernels.grouped_gemm; kCuda is a config error in a build without CUDA kernels.
+  void set_impl(ops::Impl impl);
+  ops::Impl impl() const { return impl_; }
   void reset_parameters(double std);
   int64_t n_experts() const { return gate_proj.size(0); }  // stacked here (local under EP)
 
@@ -147,6 +151,7 @@ class ExpertsImpl : public torch::nn::Module {
 
  private:
   int64_t first_ = 0, total_ = -1;
+  ops::Impl impl_ = ops::Impl::kReference;
 };
 TORCH_MODULE(Experts);
 
