@@ -128,7 +128,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Args<T> a) {
 
   for (int64_t s0 = s_begin; s0 < s_end; s0 += Bn) {
     const int s_valid = static_cast<int>(s_end - s0 < Bn ? s_end - s0 : Bn);
-    __syncthreads();  // the previous step's readers of sKV, sP, sMask are done
+    // No barrier needed before the mask: sMask is read only in the softmax step, which a
+    // barrier separates from this point, and the cache tile is overwritten only after the vote
+    // below, itself a barrier that every reader of the previous tile has passed.
     int any = 0;
     for (int i = threadIdx.x; i < nt * Bn; i += blockDim.x) {
       const int tt = i / Bn, c = i - tt * Bn;
