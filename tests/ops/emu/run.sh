@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs the attention kernels on the CPU emulator (emu_cuda.h) against fp64 references:
 #   tests/ops/emu/run.sh [quick] [--asan]
-# Needs g++ (C++20) and the CUDA headers (/usr/local/cuda/include or $CUDA_HOME/include), not a
-# GPU and not LibTorch. Both schedule orders run (threads in index order, then reversed).
-# Slow (every CUDA thread is a fiber): a few minutes for the full set.
+# Needs g++ (C++20) and the CUDA headers ($EMU_CUDA_INCLUDE, else $CUDA_HOME/include, else
+# /usr/local/cuda/include), not a GPU and not LibTorch. Both schedule orders run (threads in
+# index order, then reversed). Slow (every CUDA thread is a fiber): about a minute for `quick`
+# (the CTest `attention_kernels_emulated`), a few for the full set.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
-cuda_inc=${CUDA_HOME:-/usr/local/cuda}/include
+cuda_inc=${EMU_CUDA_INCLUDE:-${CUDA_HOME:-/usr/local/cuda}/include}
 out=${TMPDIR:-/tmp}/moetron-emu-$$
 mkdir -p "$out"
 trap 'rm -rf "$out"' EXIT
