@@ -9,9 +9,17 @@
 #include <c10/core/Event.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <iostream>
+
+// MLA attention rows (bench_mla_attention / bench_latent_decode below).
+#include "moetron/model/attention.h"
+#include "moetron/ops/latent_decode_attention.h"
+#include "moetron/ops/mla_attention.h"
+#include "moetron/train/metrics.h"
 
 #include "moetron/core/error.h"
 #include "moetron/model/moe.h"
@@ -293,6 +301,136 @@ std::vector<Row> bench_shape(const Shape& s, const BenchKernelsArgs& args) {
   return rows;
 }
 
+// ---- MLA attention (kernels.attention, kernels.decode_attention) ------------------------------
+
+// Training attention per shape: our flash kernels against LibTorch's SDPA on the same shapes
+// (model::causal_attention's GPU path: v zero-padded to the q/k width, is_causal) and against
+// our ATen reference, forward and forward + backward, bf16. FLOPs of causal attention: the
+// forward's two matmuls over the T(T+1)/2 allowed pairs, 2·(K + V) per pair; the backward's
+// five (without the recomputation) are 2.5x that, the FlashAttention convention.
+void bench_mla_attention(const BenchKernelsArgs& args) {
+  using ops::Impl;
+  const double peak = train::device_peak_flops(torch::Device(torch::kCUDA, 0));
+  std::printf(
+      "\nMLA training attention (causal, bf16 in, fp32 softmax); ours = flash kernels, "
+      "SDPA = causal_attention's GPU path, ref = ATen reference\n");
+  std::printf("  %-8s %3s %4s %5s %4s %4s %-8s %9s %9s %9s %8s %8s %8s\n", "shape", "B", "H", "T",
+              "K", "V", "op", "ours ms", "SDPA ms", "ref ms", "vs SDPA", "TFLOP/s", "of peak");
+  for (const auto& name : args.shapes) {
+    int64_t B = 4, H = 4, T = 256, K = 24, V = 16;  // tiny
+    if (name == "v2-lite") {
+      B = 1, H = 16, T = 4096, K = 192, V = 128;
+    } else if (name == "v3") {  // per GPU: all 128 heads of one 4K sequence
+      B = 1, H = 128, T = 4096, K = 192, V = 128;
+    } else if (name != "tiny") {
+      continue;  // make_shape rejects unknown names
+    }
+    torch::manual_seed(0);
+    const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+    auto q = torch::randn({B, H, T, K}, o), k = torch::randn({B, H, T, K}, o);
+    auto v = torch::randn({B, H, T, V}, o), dout = torch::randn({B, H, T, V}, o);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(K));
+    const double fwd_flops = 2.0 * B * H * (T * (T + 1) / 2.0) * (K + V);
+    enum class Which { kOurs, kSdpa, kRef };
+    auto forward = [&](Which w) {
+      torch::NoGradGuard no_grad;
+      if (w == Which::kSdpa) return model::causal_attention(q, k, v, scale);
+      return ops::mla_attention_forward(q, k, v, scale, {},
+                                        w == Which::kOurs ? Impl::kCuda : Impl::kReference)
+          .o_BHTV;
+    };
+    auto step = [&](Which w) {
+      torch::AutoGradMode grad(true);
+      auto qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_();
+      auto vg = v.detach().requires_grad_();
+      auto out = w == Which::kSdpa
+                     ? model::causal_attention(qg, kg, vg, scale)
+                     : ops::mla_attention(qg, kg, vg, scale, {},
+                                          w == Which::kOurs ? Impl::kCuda : Impl::kReference);
+      torch::autograd::backward({out}, {dout});
+    };
+    const struct {
+      const char* op;
+      std::function<void(Which)> fn;
+      double flops;
+    } rows[] = {{"fwd", [&](Which w) { forward(w); }, fwd_flops},
+                {"fwd+bwd", step, 3.5 * fwd_flops}};
+    for (const auto& r : rows) {
+      const double ours = time_ms([&] { r.fn(Which::kOurs); }, args.warmup, args.iters);
+      const double sdpa = time_ms([&] { r.fn(Which::kSdpa); }, args.warmup, args.iters);
+      const double ref = time_ms([&] { r.fn(Which::kRef); }, std::min(args.warmup, 2),
+                                 std::max(1, std::min(args.iters, 5)));
+      const double tflops = r.flops / (ours * 1e-3) / 1e12;
+      std::printf("  %-8s %3lld %4lld %5lld %4lld %4lld %-8s %9.3f %9.3f %9.3f %7.2fx %8.1f",
+                  name.c_str(), static_cast<long long>(B), static_cast<long long>(H),
+                  static_cast<long long>(T), static_cast<long long>(K), static_cast<long long>(V),
+                  r.op, ours, sdpa, ref, sdpa / ours, tflops);
+      if (peak > 0) {
+        std::printf(" %7.0f%%\n", 100 * tflops * 1e12 / peak);
+      } else {
+        std::printf(" %8s\n", "n/a");
+      }
+    }
+  }
+}
+
+// Latent decode attention: one decode step (T = 1) of 64 sequences whose caches hold 512..4096
+// tokens (left-padded to 4096 slots, as the engine's batch), V3 (128 heads) and V2-Lite (16
+// heads) with C = 512, P = 64, bf16: our split-K kernel against forward_absorbed's einsum /
+// softmax composite. Bytes the kernel must move: the valid slots' cache rows (C + P values),
+// the mask, q and z; FLOPs: 2·(C + P) + 2·C per (head, valid slot).
+void bench_latent_decode(const BenchKernelsArgs& args, double peak_gbs) {
+  using ops::Impl;
+  torch::NoGradGuard no_grad;
+  const double peak = train::device_peak_flops(torch::Device(torch::kCUDA, 0));
+  std::printf(
+      "\nlatent decode attention (absorbed MLA, T = 1, bf16); ours = split-K kernel, "
+      "composite = forward_absorbed's einsums + fp32 softmax\n");
+  std::printf("  %-8s %3s %4s %4s %4s %11s %9s %14s %8s %8s %8s %8s\n", "shape", "B", "H", "C", "P",
+              "slots", "ours us", "composite us", "speedup", "GB/s", "of peak", "TFLOP/s");
+  for (const auto& name : args.shapes) {
+    int64_t B = 4, H = 4, C = 16, P = 4, lo = 16, S = 64;  // tiny
+    if (name == "v2-lite") {
+      B = 64, H = 16, C = 512, P = 64, lo = 512, S = 4096;
+    } else if (name == "v3") {
+      B = 64, H = 128, C = 512, P = 64, lo = 512, S = 4096;
+    } else if (name != "tiny") {
+      continue;
+    }
+    torch::manual_seed(0);
+    const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+    auto len = torch::randint(lo, S + 1, {B}, torch::kInt64);
+    len[0] = S;
+    auto valid_BS = torch::arange(S, torch::kInt64).view({1, S}) >= (S - len).view({B, 1});
+    valid_BS.select(1, S - 1).fill_(true);
+    auto allowed = valid_BS.unsqueeze(1).cuda();  // [B, 1, S]: the last slot is the query's
+    auto q_lat = torch::randn({B, 1, H, C}, o) * 0.1, q_pe = torch::randn({B, 1, H, P}, o) * 0.1;
+    auto c_kv = torch::randn({B, S, C}, o), k_pe = torch::randn({B, S, P}, o);
+    const double ours = time_ms(
+        [&] { ops::latent_decode_attention(q_lat, q_pe, c_kv, k_pe, allowed, 0.1, Impl::kCuda); },
+        args.warmup, args.iters);
+    const double comp = time_ms(
+        [&] {
+          ops::latent_decode_attention(q_lat, q_pe, c_kv, k_pe, allowed, 0.1, Impl::kReference);
+        },
+        args.warmup, args.iters);
+    const double slots = static_cast<double>(len.sum().item<int64_t>());
+    const double bytes = slots * (C + P) * 2.0 + B * S + 2.0 * B * H * (2 * C + P);
+    const double flops = slots * H * (2.0 * (C + P) + 2.0 * C);
+    const double gbs = bytes / (ours * 1e-3) / 1e9;
+    std::printf("  %-8s %3lld %4lld %4lld %4lld %11.0f %9.1f %14.1f %7.2fx %8.0f", name.c_str(),
+                static_cast<long long>(B), static_cast<long long>(H), static_cast<long long>(C),
+                static_cast<long long>(P), slots, ours * 1e3, comp * 1e3, comp / ours, gbs);
+    if (peak_gbs > 0) {
+      std::printf(" %7.0f%%", 100 * gbs / peak_gbs);
+    } else {
+      std::printf(" %8s", "n/a");
+    }
+    std::printf(" %8.1f%s\n", flops / (ours * 1e-3) / 1e12,
+                peak > 0 && flops / (ours * 1e-3) > 0.5 * peak ? " (compute-bound)" : "");
+  }
+}
+
 }  // namespace
 
 int run_bench_kernels(const BenchKernelsArgs& args) {
@@ -311,6 +449,10 @@ int run_bench_kernels(const BenchKernelsArgs& args) {
       "kernel vs LibTorch composite, mean of %d calls after %d warm-up calls (CUDA "
       "events); GB/s = bytes the kernel must move / its time\n",
       args.iters, args.warmup);
+  for (const auto& name : args.shapes) make_shape(name);  // unknown names: a usage error first
+  bench_mla_attention(args);
+  bench_latent_decode(args, info->peak_bandwidth_gbs);
+
   for (const auto& name : args.shapes) {
     const auto shape = make_shape(name);
     print_rows(shape, bench_shape(shape, args), info->peak_bandwidth_gbs);

@@ -7,6 +7,8 @@
 
 #include "moetron/core/error.h"
 #include "moetron/model/attention.h"
+#include "moetron/ops/latent_decode_attention.h"
+#include "moetron/ops/mla_attention.h"
 
 namespace moetron::model {
 
@@ -57,6 +59,16 @@ MlaAttentionImpl::MlaAttentionImpl(const config::Config& cfg)
   o_proj = register_module("o_proj", linear(H_ * V_, D));
 }
 
+void MlaAttentionImpl::set_attention_impl(ops::Impl impl) {
+  if (impl == ops::Impl::kCuda) ops::check_cuda_mla_attention_supports(N_ + P_, V_);
+  attention_impl_ = impl;
+}
+
+void MlaAttentionImpl::set_decode_attention_impl(ops::Impl impl) {
+  if (impl == ops::Impl::kCuda) ops::check_cuda_latent_decode_supports(C_, P_);
+  decode_impl_ = impl;
+}
+
 void MlaAttentionImpl::reset_parameters(double std) {
   torch::NoGradGuard no_grad;
   for (auto* lin : {&q_proj, &q_a_proj, &q_b_proj, &kv_a_proj_with_mqa, &kv_b_proj, &o_proj}) {
@@ -99,10 +111,16 @@ torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x_BTD, const RopeAn
   auto q_BHTK = torch::cat({q_nope_BTHN.transpose(1, 2), q_pe_BTHP.transpose(1, 2)}, -1);
   auto k_BHTK = torch::cat({kv_parts[0].transpose(1, 2), k_pe_BHTP}, -1);
   auto v_BHTV = kv_parts[1].transpose(1, 2);
-  torch::Tensor allowed_BTT;
-  if (segment_ids_BT.defined())
-    allowed_BTT = causal_segment_mask(T, segment_ids_BT, x_BTD.device());
-  auto o_BHTV = causal_attention(q_BHTK, k_BHTK, v_BHTV, scale_, allowed_BTT);
+  torch::Tensor o_BHTV;
+  if (attention_impl_ == ops::Impl::kCuda) {
+    // Flash kernels: segments as ids (no [B, T, T] mask), v read through its strides.
+    o_BHTV = ops::mla_attention(q_BHTK, k_BHTK, v_BHTV, scale_, segment_ids_BT, attention_impl_);
+  } else {
+    torch::Tensor allowed_BTT;
+    if (segment_ids_BT.defined())
+      allowed_BTT = causal_segment_mask(T, segment_ids_BT, x_BTD.device());
+    o_BHTV = causal_attention(q_BHTK, k_BHTK, v_BHTV, scale_, allowed_BTT);
+  }
   auto o_BTX = o_BHTV.transpose(1, 2).reshape({B, T, H_ * V_});
   return o_proj(o_BTX);
 }
@@ -125,14 +143,10 @@ torch::Tensor MlaAttentionImpl::forward_absorbed(const torch::Tensor& x_BTD, con
 
   // q̃ = W^UKᵀ q^C: the query lives in the C-dim latent space (SPEC 1.8).
   auto q_lat_BTHC = torch::einsum("bthn,hnc->bthc", {q_nope_BTHN, w_uk_HNC});
-  auto scores_BHTS = torch::einsum("bthc,bsc->bhts", {q_lat_BTHC, cache.c_kv_BSC}) +
-                     torch::einsum("bthp,bsp->bhts", {q_pe_BTHP, cache.k_pe_BSP});
-  // Softmax in fp32 as both references do, then back to the activation dtype.
-  auto logits_BHTS = scores_BHTS.to(torch::kFloat32) * scale_;
-  logits_BHTS =
-      logits_BHTS.masked_fill(~allowed_BTS.unsqueeze(1), -std::numeric_limits<float>::infinity());
-  auto p_BHTS = torch::softmax(logits_BHTS, -1).to(x_BTD.scalar_type());
-  auto z_BTHC = torch::einsum("bhts,bsc->bthc", {p_BHTS, cache.c_kv_BSC});
+  // softmax(scale · (q̃·c_kv + q_pe·k_pe)) over the allowed slots, summed over c_kv (fp32
+  // softmax; the einsum composite, or the split-K kernel with kernels.decode_attention: cuda).
+  auto z_BTHC = ops::latent_decode_attention(q_lat_BTHC, q_pe_BTHP, cache.c_kv_BSC, cache.k_pe_BSP,
+                                             allowed_BTS, scale_, decode_impl_);
   auto o_BTHV = torch::einsum("bthc,hvc->bthv", {z_BTHC, w_uv_HVC});
   return o_proj(o_BTHV.reshape({B, T, H_ * V_}));
 }

@@ -135,6 +135,17 @@ DeepseekV3ForCausalLMImpl::DeepseekV3ForCausalLMImpl(const config::Config& cfg)
     mtp_list_.push_back(MtpLayer(cfg, k));
     mtp->push_back(mtp_list_.back());
   }
+  // kernels.attention / kernels.decode_attention: every MLA (main layers and MTP modules).
+  const auto attention_impl = ops::parse_impl(cfg.kernels.attention, "kernels.attention");
+  const auto decode_impl =
+      ops::parse_impl(cfg.kernels.decode_attention, "kernels.decode_attention");
+  std::vector<MlaAttention> attns;
+  for (int64_t l = 0; l < model->num_layers(); ++l) attns.push_back(model->layer(l)->self_attn);
+  for (const auto& m : mtp_list_) attns.push_back(m->self_attn);
+  for (auto& attn : attns) {
+    attn->set_attention_impl(attention_impl);
+    attn->set_decode_attention_impl(decode_impl);
+  }
   // kernels.gate picks the router (fused gate kernel) and the expert-count implementation;
   // kernels.permute the local dispatcher's grouping.
   const auto counts_impl = ops::parse_impl(cfg.kernels.gate, "kernels.gate");

@@ -11,6 +11,7 @@
 #include "moetron/config/config.h"
 #include "moetron/model/rms_norm.h"
 #include "moetron/model/rope.h"
+#include "moetron/ops/impl.h"
 
 namespace moetron::model {
 
@@ -39,8 +40,8 @@ class MlaAttentionImpl : public torch::nn::Module {
   explicit MlaAttentionImpl(const config::Config& cfg);
 
   // Training path: K/V materialised per head, causal attention (attention.h: SDPA, or the
-  // block-causal path on CPU; fp32 softmax). segment_ids_BT (optional, integer) confines
-  // attention to equal ids.
+  // block-causal path on CPU; ops::mla_attention with kernels.attention: cuda; fp32 softmax).
+  // segment_ids_BT (optional, integer) confines attention to equal ids.
   torch::Tensor forward(const torch::Tensor& x_BTD, const RopeAngles& rope,
                         const torch::Tensor& segment_ids_BT = {});
 
@@ -48,13 +49,23 @@ class MlaAttentionImpl : public torch::nn::Module {
   LatentKV latent_kv(const torch::Tensor& x_BTD, const RopeAngles& rope);
 
   // Absorbed path (SPEC 1.8): queries x_BTD (angles `rope`) attend to a latent cache [B, S]
-  // through W^UK folded into q and W^UV applied after; allowed_BTS: bool [B, T, S].
+  // through W^UK folded into q and W^UV applied after; allowed_BTS: bool [B, T, S]. The
+  // attention between the absorptions is ops::latent_decode_attention (kernels.decode_attention).
   // Equal to forward() up to fp32 round-off when the cache holds the same tokens.
   torch::Tensor forward_absorbed(const torch::Tensor& x_BTD, const RopeAngles& rope,
                                  const LatentKV& cache, const torch::Tensor& allowed_BTS);
 
   void reset_parameters(double std);
   double scale() const { return scale_; }
+
+  // kernels.attention: the training path's attention (reference: causal_attention; cuda:
+  // ops::mla_attention's flash kernels). kernels.decode_attention: the absorbed path's latent
+  // attention (ops::latent_decode_attention). Set from the model config; kCuda checks the
+  // kernels' limits for this layer's head widths now (config errors naming the key).
+  void set_attention_impl(ops::Impl impl);
+  void set_decode_attention_impl(ops::Impl impl);
+  ops::Impl attention_impl() const { return attention_impl_; }
+  ops::Impl decode_attention_impl() const { return decode_impl_; }
 
   // HF names; exactly one of q_proj / (q_a_proj, q_a_layernorm, q_b_proj) is set.
   torch::nn::Linear q_proj{nullptr};
@@ -73,6 +84,8 @@ class MlaAttentionImpl : public torch::nn::Module {
 
   int64_t H_, N_, P_, V_, C_;
   double scale_;
+  ops::Impl attention_impl_ = ops::Impl::kReference;
+  ops::Impl decode_impl_ = ops::Impl::kReference;
 };
 TORCH_MODULE(MlaAttention);
 
