@@ -7,7 +7,8 @@
 #   3. `moetron bench kernels` and short bf16 training / GRPO runs on CUDA,
 #      with kernels: reference and kernels: cuda.
 # Everything it prints also goes to $OUT/gpu_check.log (the device tool returns $OUT).
-# Usage: scripts/gpu_check.sh [build|tests|bench|all]   (default all)
+# Usage: scripts/gpu_check.sh [build|tests|bench|all|sanitize]   (default all = build, tests,
+# bench; sanitize runs compute-sanitizer over the kernel tests of an existing build)
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$repo/gpu_out}
@@ -64,7 +65,8 @@ if [ "$what" = build ] || [ "$what" = all ]; then
   [ "${MOETRON_GPU_CONFIGURE_ONLY:-0}" = 1 ] && { say "configured $build"; exit 0; }
   say "build ($jobs jobs)"
   cmake --build "$build" -j "$jobs" --target moetron dist_worker test_distributed test_ops_gpu \
-    test_model_gpu test_ckpt_gpu 2>&1 | grep -E "error|FAILED|warning: .*spill" | head -40
+    test_attention_gpu test_model_gpu test_model_attention_gpu test_ckpt_gpu 2>&1 |
+    grep -E "error|FAILED|warning: .*spill" | head -40
   [ -x "$build/bin/moetron" ] || { say "build failed"; exit 1; }
 fi
 
@@ -77,7 +79,10 @@ fi
 
 if [ "$what" = bench ] || [ "$what" = all ]; then
   say "moetron bench kernels"
-  "$build/bin/moetron" bench kernels 2>&1 | tail -60
+  "$build/bin/moetron" bench kernels 2>&1 | tail -120
+  say "moetron bench train configs/moe-1b.yaml (MFU target 35%)"
+  timeout 300 "$build/bin/moetron" bench train "$repo/configs/moe-1b.yaml" --steps 10 --warmup 3 \
+    --compare kernels 2>&1 | tail -20
   runs=$out/runs
   common=(train.device=cuda train.dtype=bf16 data.seq_len=128 train.micro_batch_size=8
           train.steps=20 train.eval_every=0 log.every=5 optim.warmup_steps=2 ckpt.save_every=0
@@ -85,10 +90,19 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   for impl in reference cuda; do
     say "pretrain on CUDA, bf16, kernels=$impl"
     "$build/bin/moetron" train "$repo/configs/tiny.yaml" "${common[@]}" log.name="pre_$impl" \
-      kernels.gate=$impl kernels.permute=$impl 2>&1 | tail -6
+      kernels.gate=$impl kernels.permute=$impl kernels.grouped_gemm=$impl \
+      kernels.attention=$impl kernels.decode_attention=$impl 2>&1 | tail -6
   done
   say "GRPO step on CUDA, bf16 (from the reference pretraining run)"
   "$build/bin/moetron" train "$repo/configs/tiny.yaml" "${common[@]}" train.stage=grpo \
     train.steps=3 train.init_from="$runs/pre_reference" log.name=grpo 2>&1 | tail -6
+fi
+if [ "$what" = sanitize ]; then
+  say "compute-sanitizer memcheck / racecheck on the kernel tests (Firecracker machines only)"
+  for t in test_ops_gpu test_attention_gpu; do
+    for tool in memcheck racecheck; do
+      timeout 240 compute-sanitizer --tool $tool "$build/bin/$t" 2>&1 | tail -6
+    done
+  done
 fi
 say "done"
