@@ -21,7 +21,6 @@ namespace moetron::kernels {
 namespace {
 
 using attn::block_mm;
-using attn::from_float;
 using attn::kAccPad;
 using attn::kThreads;
 using attn::kWarps;

@@ -20,7 +20,6 @@ namespace moetron::kernels {
 namespace {
 
 using attn::block_mm;
-using attn::from_float;
 using attn::kAccPad;
 using attn::kLn2;
 using attn::kLog2e;
@@ -30,7 +29,6 @@ using attn::load_tile;
 using attn::round16;
 using attn::SmemCarve;
 using attn::TileShape;
-using attn::to_float;
 using attn::zero_tile;
 
 // Shared-memory layout of one kernel (byte offsets, host-computed). "own" tiles hold the block's
