@@ -17,8 +17,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "../common/convert.cuh"
 #include <mma.h>
+#include "../common/convert.cuh"
 
 #include <cstdint>
 #include <initializer_list>

@@ -200,7 +200,6 @@ bool aligned(const void* ptr, size_t bytes) {
 
 // ---- combine ----------------------------------------------------------------------------------
 
-
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];

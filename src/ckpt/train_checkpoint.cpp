@@ -183,7 +183,9 @@ std::string shard_file(const char* kind, int64_t index, int64_t count) {
   return str_cat(kind, ".experts-", index, "-of-", count, ".safetensors");
 }
 
-std::string rank_rng_file(int64_t rank) { return str_cat("rng.rank-", rank, ".safetensors"); }
+std::string rank_rng_file(int64_t rank) {
+  return str_cat("rng.rank-", rank, ".safetensors");
+}
 
 // The model or optimizer tensors of a verified checkpoint, shards included.
 std::shared_ptr<detail::TensorSource> tensor_source(const std::string& checkpoint_dir,
@@ -310,8 +312,8 @@ std::string save_train_checkpoint(const std::string& checkpoints_dir, torch::nn:
       remove_stale_temporaries(checkpoints_dir);
       tmp = str_cat(final_dir, kTmpMarker, ::getpid());
       remove_tree(tmp);
-      MOETRON_CHECK(::mkdir(tmp.c_str(), 0755) == 0, tmp, ": cannot create: ",
-                    std::strerror(errno));
+      MOETRON_CHECK(::mkdir(tmp.c_str(), 0755) == 0, tmp,
+                    ": cannot create: ", std::strerror(errno));
     } catch (const Error& e) {
       failure = e.what();
     }
@@ -381,7 +383,8 @@ std::string save_train_checkpoint(const std::string& checkpoints_dir, torch::nn:
         nlohmann::json shards = nlohmann::json::array();
         if (sharded) {
           const auto placement = detail::expert_placement(model);
-          MOETRON_CHECK(!placement.empty(), "ep=", r.ep, " but the model's experts are not sharded");
+          MOETRON_CHECK(!placement.empty(), "ep=", r.ep,
+                        " but the model's experts are not sharded");
           const int64_t count = placement.begin()->second.count;
           for (int64_t k = 0; k < r.ep; ++k) {
             MOETRON_CHECK(files.contains(shard_file("model", k, r.ep)), tmp, ": expert shard ", k,
@@ -443,9 +446,8 @@ TrainState load_train_checkpoint(const std::string& checkpoint_dir, torch::nn::M
     state.config_yaml = read_text_file(join(checkpoint_dir, kConfigFile));
     const std::string own_rng = join(checkpoint_dir, rank_rng_file(rank));
     struct stat st {};
-    rng = detail::prepare_rng_load(rank > 0 && ::stat(own_rng.c_str(), &st) == 0
-                                       ? own_rng
-                                       : join(checkpoint_dir, kRngFile));
+    rng = detail::prepare_rng_load(
+        rank > 0 && ::stat(own_rng.c_str(), &st) == 0 ? own_rng : join(checkpoint_dir, kRngFile));
   } catch (const Error& e) {
     throw Error(e.kind(), str_cat("cannot load checkpoint ", checkpoint_dir, ": ", e.what(), "\n",
                                   valid_list_text(parent_of(checkpoint_dir))));

@@ -349,8 +349,7 @@ void save_optimizer_state(const std::string& path, torch::nn::Module& model,
 }
 
 PreparedOptimizer prepare_optimizer_load(std::shared_ptr<TensorSource> source,
-                                         torch::nn::Module& model,
-                                         torch::optim::AdamW& optimizer) {
+                                         torch::nn::Module& model, torch::optim::AdamW& optimizer) {
   PreparedOptimizer prepared;
   prepared.source = std::move(source);
   const TensorSource& file = *prepared.source;

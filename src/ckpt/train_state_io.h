@@ -60,7 +60,7 @@ class TensorSource {
     int64_t first, count;
   };
   struct Entry {
-    TensorInfo info;             // full
+    TensorInfo info;            // full
     std::vector<Piece> pieces;  // one for unsharded tensors
   };
   std::vector<std::unique_ptr<SafetensorsFile>> files_;

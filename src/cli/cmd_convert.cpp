@@ -5,16 +5,16 @@
 // writes it in HF's layout (e.g. FP8 -> bf16, re-sharding, training -> HF export).
 #include <torch/torch.h>
 
-#include "command.h"
 #include <filesystem>
+#include "command.h"
 
 #include "moetron/ckpt/hf_model.h"
 #include "moetron/ckpt/train_checkpoint.h"
 #include "moetron/config/loader.h"
-#include "moetron/core/files.h"
-#include "moetron/train/evaluate.h"
 #include "moetron/core/error.h"
+#include "moetron/core/files.h"
 #include "moetron/core/logging.h"
+#include "moetron/train/evaluate.h"
 
 namespace moetron::cli {
 namespace {

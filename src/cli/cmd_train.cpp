@@ -9,8 +9,8 @@
 #include "moetron/core/error.h"
 
 #include "command.h"
-#include "moetron/dist/env.h"
 #include "moetron/config/loader.h"
+#include "moetron/dist/env.h"
 #include "moetron/train/pipeline.h"
 #include "moetron/train/trainer.h"
 

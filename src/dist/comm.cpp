@@ -12,10 +12,10 @@
 #include <sstream>
 #include <thread>
 
+#include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#include <torch/torch.h>
 
 #include "backends.h"
 #include "moetron/core/error.h"
@@ -45,8 +45,8 @@ Mesh make_mesh(int64_t world, int64_t rank, const config::Config& cfg) {
   MOETRON_CHECK_CONFIG(world % ep == 0, "dist.ep=", ep, " does not divide the world size ", world,
                        " (world = dp x ep; launch a multiple of ", ep, " ranks or change dist.ep)");
   if (ep > 1) {
-    MOETRON_CHECK_CONFIG(cfg.moe.n_routed_experts && *cfg.moe.n_routed_experts > 0,
-                         "dist.ep=", ep, " needs an MoE model, but moe.n_routed_experts is unset");
+    MOETRON_CHECK_CONFIG(cfg.moe.n_routed_experts && *cfg.moe.n_routed_experts > 0, "dist.ep=", ep,
+                         " needs an MoE model, but moe.n_routed_experts is unset");
     const int64_t E = *cfg.moe.n_routed_experts;
     MOETRON_CHECK_CONFIG(E % ep == 0, "dist.ep=", ep, " must divide moe.n_routed_experts=", E,
                          " (each rank holds n_routed_experts / ep experts)");
@@ -70,7 +70,9 @@ int64_t unix_ms() {
       .count();
 }
 
-std::string progress_key(int64_t rank) { return str_cat("moetron/progress/", rank); }
+std::string progress_key(int64_t rank) {
+  return str_cat("moetron/progress/", rank);
+}
 
 std::string ranks_text(const std::vector<int64_t>& ranks) {
   std::ostringstream os;
@@ -166,7 +168,8 @@ Comm::Comm(const CommOptions& options, const Mesh& mesh) : options_(options), me
   state_->reporter = std::thread([s = state_.get()] {
     std::unique_lock<std::mutex> lock(s->mu);
     while (!s->stop) {
-      s->cv.wait_for(lock, std::chrono::seconds(1), [s] { return s->stop || s->seq != s->published; });
+      s->cv.wait_for(lock, std::chrono::seconds(1),
+                     [s] { return s->stop || s->seq != s->published; });
       if (s->stop) break;
       lock.unlock();
       try {
@@ -202,7 +205,8 @@ Group Comm::make_group(const std::string& name, const std::vector<int64_t>& rank
     if (ranks[i] == mesh_.rank) g.rank_ = static_cast<int64_t>(i);
   }
   if (ranks.size() > 1 || (state_ && options_.force_backend)) {
-    auto store = c10::make_intrusive<c10d::PrefixStore>(str_cat("moetron/pg/", name), state_->store);
+    auto store =
+        c10::make_intrusive<c10d::PrefixStore>(str_cat("moetron/pg/", name), state_->store);
     g.backend_ = std::make_shared<Group::Backend>();
     g.backend_->device = options_.device;
     const auto timeout = std::chrono::milliseconds(options_.timeout_s * 1000);
@@ -221,8 +225,7 @@ Group Comm::make_group(const std::string& name, const std::vector<int64_t>& rank
   return g;
 }
 
-void Comm::note_progress(const std::string& op, const std::string& what,
-                         const std::string& group) {
+void Comm::note_progress(const std::string& op, const std::string& what, const std::string& group) {
   if (!state_) return;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
@@ -273,8 +276,8 @@ std::string Comm::peer_report(const Group& group) {
         os << "\n  rank " << peers[i] << ": never reported progress (did it start?)";
       } else if (now.at_ms == before[i].at_ms) {
         os << "\n  rank " << peers[i] << ": no progress report for "
-           << (unix_ms() - now.at_ms) / 1000.0 << " s (exited, killed or stuck); last at collective #"
-           << now.seq << ":" << now.last;
+           << (unix_ms() - now.at_ms) / 1000.0
+           << " s (exited, killed or stuck); last at collective #" << now.seq << ":" << now.last;
       } else if (now.seq < my_seq) {
         os << "\n  rank " << peers[i] << ": alive but behind, at collective #" << now.seq << ":"
            << now.last << " (this rank is at #" << my_seq << ")";
@@ -312,8 +315,7 @@ int64_t sum(const std::vector<int64_t>& v) {
 
 }  // namespace
 
-void Group::run(const std::string& op, const std::string& what,
-                const std::function<void()>& body) {
+void Group::run(const std::string& op, const std::string& what, const std::function<void()>& body) {
   comm_->note_progress(op, what, name_);
   try {
     body();

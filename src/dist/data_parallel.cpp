@@ -117,8 +117,7 @@ std::vector<double> DataParallel::sum(const std::vector<double>& values, const s
   return reduce(comm_, values, ReduceOp::kSum, what);
 }
 
-std::vector<double> DataParallel::mean(const std::vector<double>& values,
-                                       const std::string& what) {
+std::vector<double> DataParallel::mean(const std::vector<double>& values, const std::string& what) {
   auto out = sum(values, what);
   if (comm_.distributed()) {
     for (auto& v : out) v /= static_cast<double>(comm_.world_size());

@@ -65,7 +65,7 @@ std::vector<std::vector<int64_t>> transposed(const std::vector<std::vector<int64
 
 // What combine needs beyond the local dispatcher's fields.
 struct ExchangeState {
-  std::vector<int64_t> send_splits, recv_splits;   // rows to / from each member
+  std::vector<int64_t> send_splits, recv_splits;  // rows to / from each member
   std::vector<std::vector<int64_t>> recv_counts;  // [member][local expert]
 };
 
@@ -120,8 +120,8 @@ model::DispatchState ExpertParallelDispatcher::dispatch(const torch::Tensor& x_T
       ex->recv_splits[q] += recv_flat[q * L + l];
     }
   }
-  auto received = all_to_all_autograd(group_, x_sorted, ex->send_splits, ex->recv_splits,
-                                      "moe dispatch");
+  auto received =
+      all_to_all_autograd(group_, x_sorted, ex->send_splits, ex->recv_splits, "moe dispatch");
   // Received rows are member-major ([q][l] blocks); the experts want them expert-major.
   st.x_ND = transpose_blocks(received, ex->recv_counts);
   st.counts.assign(L, 0);
@@ -137,8 +137,8 @@ torch::Tensor ExpertParallelDispatcher::combine(const torch::Tensor& y_ND,
   const auto& ex = *std::static_pointer_cast<ExchangeState>(st.extra);
   // Expert-major back to member-major, then home.
   auto y_member = transpose_blocks(y_ND, transposed(ex.recv_counts));
-  auto y_sorted = all_to_all_autograd(group_, y_member, ex.recv_splits, ex.send_splits,
-                                      "moe combine");
+  auto y_sorted =
+      all_to_all_autograd(group_, y_member, ex.recv_splits, ex.send_splits, "moe combine");
   auto weighted_ND = y_sorted.to(torch::kFloat32) * st.weight_N.unsqueeze(1);
   auto out_TD = torch::zeros({st.num_tokens, y_ND.size(1)}, weighted_ND.options());
   return out_TD.index_add(0, st.token_idx_N, weighted_ND).to(y_ND.scalar_type());

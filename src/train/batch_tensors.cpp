@@ -23,10 +23,12 @@ BatchTensors to_tensors(const data::Batch& b, const torch::Device& device) {
 BatchTensors to_tensors(const data::Batch& b, const torch::Device& device, int64_t first_row,
                         int64_t rows) {
   if (first_row == 0 && rows == b.batch_size) return to_tensors(b, device);
-  MOETRON_CHECK(first_row >= 0 && rows > 0 && first_row + rows <= b.batch_size, "rows [",
-                first_row, ", ", first_row + rows, ") of a batch of ", b.batch_size);
+  MOETRON_CHECK(first_row >= 0 && rows > 0 && first_row + rows <= b.batch_size, "rows [", first_row,
+                ", ", first_row + rows, ") of a batch of ", b.batch_size);
   auto make = [&](const std::vector<int64_t>& v) {
-    return torch::tensor(v, torch::kLong).view({b.batch_size, b.seq_len}).narrow(0, first_row, rows);
+    return torch::tensor(v, torch::kLong)
+        .view({b.batch_size, b.seq_len})
+        .narrow(0, first_row, rows);
   };
   BatchTensors t;
   t.labels = make(b.labels);

@@ -18,13 +18,13 @@
 #include "moetron/ckpt/train_checkpoint.h"
 #include "moetron/config/loader.h"
 #include "moetron/core/error.h"
-#include "moetron/dist/env.h"
 #include "moetron/core/logging.h"
 #include "moetron/core/timer.h"
 #include "moetron/data/chat_template.h"
 #include "moetron/data/dataset.h"
 #include "moetron/data/loader.h"
 #include "moetron/data/tasks.h"
+#include "moetron/dist/env.h"
 #include "moetron/optim/optimizer.h"
 #include "moetron/optim/schedule.h"
 #include "moetron/rewards/reward.h"
@@ -305,9 +305,9 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     int64_t groups_sampled = 0, gen_tokens = 0, rounds = 0;
     double gen_s = 0, reward_s = 0;
     while (true) {
-      const bool open =
-          static_cast<int64_t>(samples.size()) < P * G && rounds < rl_cfg.max_sampling_rounds &&
-          (rl_cfg.dynamic_sampling || rounds == 0);
+      const bool open = static_cast<int64_t>(samples.size()) < P * G &&
+                        rounds < rl_cfg.max_sampling_rounds &&
+                        (rl_cfg.dynamic_sampling || rounds == 0);
       const int64_t need = open ? P - static_cast<int64_t>(samples.size()) / G : 0;
       // Every rank draws the same prompts from the shared stream (world x the largest need) and
       // takes its own slice, so the stream stays identical on all ranks.
@@ -426,10 +426,9 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           norm.num_tokens += samples[r].completion_len();
         }
         if (world > 1) {
-          const auto totals =
-              session.dp->sum({static_cast<double>(norm.num_sequences),
-                               static_cast<double>(norm.num_tokens)},
-                              "loss normaliser");
+          const auto totals = session.dp->sum(
+              {static_cast<double>(norm.num_sequences), static_cast<double>(norm.num_tokens)},
+              "loss normaliser");
           norm.num_sequences = static_cast<int64_t>(std::llround(totals[0]));
           norm.num_tokens = static_cast<int64_t>(std::llround(totals[1]));
         }
@@ -477,12 +476,33 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
 
     // ---- metrics, over all ranks: sums (and maxima) reduced once, then the usual ratios
     const auto stats_local = stats_dev.cpu();
-    std::vector<double> sums = {0, static_cast<double>(all_rewards.size()), 0, n_truncated,
-                                entropy_tokens, static_cast<double>(gen_tokens),
-                                static_cast<double>(groups_sampled), pass1, passG,
-                                static_cast<double>(n_samples), 0, 0};
-    enum { kReward, kRewards, kLength, kTruncated, kEntropy, kGenTokens, kGroups, kPass1, kPassG,
-           kKept, kAdv, kAdvSq, kNumSums };
+    std::vector<double> sums = {0,
+                                static_cast<double>(all_rewards.size()),
+                                0,
+                                n_truncated,
+                                entropy_tokens,
+                                static_cast<double>(gen_tokens),
+                                static_cast<double>(groups_sampled),
+                                pass1,
+                                passG,
+                                static_cast<double>(n_samples),
+                                0,
+                                0};
+    enum {
+      kReward,
+      kRewards,
+      kLength,
+      kTruncated,
+      kEntropy,
+      kGenTokens,
+      kGroups,
+      kPass1,
+      kPassG,
+      kKept,
+      kAdv,
+      kAdvSq,
+      kNumSums
+    };
     for (double r : all_rewards) sums[kReward] += r;
     for (double l : all_lengths) sums[kLength] += l;
     double adv_max = -INFINITY, adv_min = INFINITY;
@@ -498,7 +518,11 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     }
     std::vector<double> maxima = {
         all_lengths.empty() ? 0.0 : *std::max_element(all_lengths.begin(), all_lengths.end()),
-        adv_max, -adv_min, ratio_max_dev.item<double>(), logp_diff_dev.item<double>(), gen_s};
+        adv_max,
+        -adv_min,
+        ratio_max_dev.item<double>(),
+        logp_diff_dev.item<double>(),
+        gen_s};
     sums = session.dp->sum(sums, "step metrics");
     maxima = session.dp->max(maxima, "step metrics");
     auto stat = [&](int64_t i) { return sums[kNumSums + i]; };
@@ -508,9 +532,9 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     const double n_adv = sums[kKept];
     const double adv_mean = n_adv > 0 ? sums[kAdv] / n_adv : 0.0;
     const double adv_sd =
-        n_adv > 1 ? std::sqrt(std::max(0.0, (sums[kAdvSq] - n_adv * adv_mean * adv_mean) /
-                                                (n_adv - 1)))
-                  : 0.0;
+        n_adv > 1
+            ? std::sqrt(std::max(0.0, (sums[kAdvSq] - n_adv * adv_mean * adv_mean) / (n_adv - 1)))
+            : 0.0;
     const double ratio_max = maxima[3];
     const double logp_diff_max = maxima[4];
     const double tokens = std::max(1.0, stat(rl::kStatTokens));

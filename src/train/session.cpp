@@ -88,12 +88,11 @@ Session open_session(const config::Config& cfg_in, const TrainOptions& options) 
     s.run = open_run_dir(cfg.log.run_dir, cfg.log.name, s.yaml, /*resuming=*/true);
   }
   if (s.main_rank()) s.log_file = std::make_unique<LogFileGuard>(s.run.log_path);
-  log::info("run ", s.run.root, " | stage ", stage_name(cfg.train.stage), " | device ",
-            s.device.str(),
-            s.comm->distributed()
-                ? str_cat(" | ", s.world(), " ranks (", s.comm->backend_name(), ", ep ",
-                          cfg.dist.ep, " x dp ", s.comm->mesh().dp(), ")")
-                : std::string());
+  log::info(
+      "run ", s.run.root, " | stage ", stage_name(cfg.train.stage), " | device ", s.device.str(),
+      s.comm->distributed() ? str_cat(" | ", s.world(), " ranks (", s.comm->backend_name(), ", ep ",
+                                      cfg.dist.ep, " x dp ", s.comm->mesh().dp(), ")")
+                            : std::string());
 
   s.tokenizer = data::load_tokenizer(cfg.data.tokenizer);
   MOETRON_CHECK_CONFIG(s.tokenizer->vocab_size() <= cfg.model.vocab_size, "data.tokenizer '",
@@ -136,9 +135,9 @@ std::string save_checkpoint(Session& session, int64_t step, std::string loader_s
   ranks.broadcast = [&comm](const std::string& value) {
     return dist::broadcast_string(comm.world(), value, "checkpoint");
   };
-  auto path = ckpt::save_train_checkpoint(session.run.checkpoints, *session.model,
-                                          *session.optimizer, state, session.cfg.ckpt.keep_last,
-                                          &ranks);
+  auto path =
+      ckpt::save_train_checkpoint(session.run.checkpoints, *session.model, *session.optimizer,
+                                  state, session.cfg.ckpt.keep_last, &ranks);
   log::info("saved ", path);
   return path;
 }
@@ -147,8 +146,7 @@ ckpt::TrainState load_checkpoint(Session& session, const std::string& path) {
   return ckpt::load_train_checkpoint(path, *session.model, *session.optimizer, session.rank());
 }
 
-void stop_if_interrupted(Session& session, int64_t step,
-                         const std::function<std::string()>& save) {
+void stop_if_interrupted(Session& session, int64_t step, const std::function<std::string()>& save) {
   bool requested = signals::interrupt_requested();
   if (session.comm->distributed()) {
     auto flag = torch::tensor({requested ? int64_t{1} : int64_t{0}}).to(session.comm->device());
@@ -161,8 +159,8 @@ void stop_if_interrupted(Session& session, int64_t step,
               str_cat(signals::interrupt_requested()
                           ? str_cat("interrupted by signal ", signals::interrupt_signal())
                           : std::string("interrupted (another rank received a signal)"),
-                      " at step ", step,
-                      "; checkpoint ", checkpoint, " (rerun the same command to resume)"));
+                      " at step ", step, "; checkpoint ", checkpoint,
+                      " (rerun the same command to resume)"));
 }
 
 void evaluate_and_save(int64_t step, const config::Config& cfg, model::DeepseekV3ForCausalLM& model,

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "moetron/config/config.h"
 #include "moetron/ckpt/train_checkpoint.h"
+#include "moetron/config/config.h"
 #include "moetron/core/run_dir.h"
 #include "moetron/data/tokenizer.h"
 #include "moetron/dist/comm.h"
@@ -40,8 +40,8 @@ class LogFileGuard {
 struct Session {
   // Declared first so it is destroyed last (after the model whose dispatchers use its groups).
   std::shared_ptr<dist::Comm> comm;  // world of one unless launched distributed
-  config::Config cfg;  // validated; ckpt.resume overridden by TrainOptions::resume
-  std::string yaml;    // config::dump(cfg), stored in the run directory and checkpoints
+  config::Config cfg;                // validated; ckpt.resume overridden by TrainOptions::resume
+  std::string yaml;  // config::dump(cfg), stored in the run directory and checkpoints
   torch::Device device{torch::kCPU};
   std::optional<std::string> resume_from;  // the checkpoint to resume, if any
   RunDir run;
@@ -49,7 +49,7 @@ struct Session {
   std::unique_ptr<data::Tokenizer> tokenizer;
   model::DeepseekV3ForCausalLM model{nullptr};  // on `device`, in train mode
   std::unique_ptr<torch::optim::AdamW> optimizer;
-  std::vector<torch::Tensor> params;  // the trainable parameters (for clipping)
+  std::vector<torch::Tensor> params;       // the trainable parameters (for clipping)
   std::unique_ptr<dist::DataParallel> dp;  // gradient / metric reduction over the ranks
 
   bool main_rank() const { return comm->rank() == 0; }

@@ -142,10 +142,10 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
     parts = parts.cpu();
     // The objective is the mean of the ranks' losses: gradients and reported losses alike.
     session.dp->all_reduce_gradients();
-    const auto mean_parts = session.dp->mean(
-        {parts[0].item<double>(), parts[1].item<double>(), parts[2].item<double>(),
-         parts[3].item<double>(), static_cast<double>(tokens)},
-        "loss");
+    const auto mean_parts =
+        session.dp->mean({parts[0].item<double>(), parts[1].item<double>(), parts[2].item<double>(),
+                          parts[3].item<double>(), static_cast<double>(tokens)},
+                         "loss");
     const double loss = mean_parts[0], main_loss = mean_parts[1];
     const double mtp_loss = mean_parts[2], balance = mean_parts[3];
     tokens = static_cast<int64_t>(std::llround(mean_parts[4] * static_cast<double>(world)));

@@ -334,8 +334,9 @@ TEST_F(LaunchTest, MoetronSubcommandsRunWithThisBinary) {
 void LaunchTest::sigterm_and_resume(int nproc, const std::vector<std::string>& extra) {
   ::setenv("OMP_NUM_THREADS", "1", 1);
   constexpr int kSteps = 40;
-  std::vector<std::string> command = {"launch", "--nproc-per-node", std::to_string(nproc), "--",
-                                      "train",  moetron::testing::kTinyYaml};
+  std::vector<std::string> command = {
+      "launch", "--nproc-per-node",         std::to_string(nproc), "--",
+      "train",  moetron::testing::kTinyYaml};
   for (const auto& o : moetron::testing::fast_train_overrides(dir_, "run")) command.push_back(o);
   for (const std::string& o :
        std::vector<std::string>{"log.level=info", "train.steps=" + std::to_string(kSteps),
@@ -393,7 +394,9 @@ void LaunchTest::sigterm_and_resume(int nproc, const std::vector<std::string>& e
       << log;
 }
 
-TEST_F(LaunchTest, TrainUnderTheLauncherSavesOnSigtermAndResumes) { sigterm_and_resume(1, {}); }
+TEST_F(LaunchTest, TrainUnderTheLauncherSavesOnSigtermAndResumes) {
+  sigterm_and_resume(1, {});
+}
 
 // Two ranks with expert parallelism: the sharded checkpoint is written by both and resumed.
 TEST_F(LaunchTest, ExpertParallelTrainUnderTheLauncherSavesOnSigtermAndResumes) {

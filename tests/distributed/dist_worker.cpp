@@ -59,8 +59,8 @@ void scenario_all_to_all(dist::Comm& comm, const torch::Device& device) {
   for (int64_t p = 0; p < P; ++p)
     for (int64_t i = 0; i < in[p]; ++i)
       rows.push_back(torch::tensor({double(r), double(p), double(i)}));
-  auto x = rows.empty() ? torch::zeros({0, 3}, torch::kDouble)
-                        : torch::stack(rows).to(torch::kDouble);
+  auto x =
+      rows.empty() ? torch::zeros({0, 3}, torch::kDouble) : torch::stack(rows).to(torch::kDouble);
   x = x.to(device).requires_grad_(true);
   auto y = dist::all_to_all_autograd(g, x, in, out, "test rows").cpu();
   int64_t at = 0;
@@ -86,8 +86,7 @@ void scenario_all_to_all(dist::Comm& comm, const torch::Device& device) {
     ++failures;
   }
   // Row (r, p, i) went to p and came back weighted by its source r + 1.
-  expect_close(x.grad().cpu(), torch::full_like(x, double(r + 1)).cpu(), 0,
-               "all_to_all backward");
+  expect_close(x.grad().cpu(), torch::full_like(x, double(r + 1)).cpu(), 0, "all_to_all backward");
 }
 
 config::Config test_config(int64_t ep) {

@@ -104,8 +104,7 @@ inline RunResult run_ranks(const std::vector<std::string>& argv, int world,
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  result.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (int r = 0; r < world; ++r) {
     std::ifstream in(out_dir + "/rank" + std::to_string(r) + ".log");
     std::stringstream ss;

@@ -30,7 +30,9 @@ void expect_all_pass(const std::string& scenario, int world, int ep) {
   }
 }
 
-TEST(Distributed, AllToAllRoundTripIsRankEncoded) { expect_all_pass("all_to_all", 3, 1); }
+TEST(Distributed, AllToAllRoundTripIsRankEncoded) {
+  expect_all_pass("all_to_all", 3, 1);
+}
 
 // One rank with a real backend on the first device: NCCL when a GPU is present (label gpu; on
 // CPU the same scenario exercises a Gloo group of one).
@@ -40,9 +42,13 @@ TEST(DistributedGpu, SingleRankBackendOnTheDevice) {
   EXPECT_EQ(run.ranks[0].exit_code, 0) << all_output(run);
 }
 
-TEST(Distributed, ExpertParallel2EqualsOneProcess) { expect_all_pass("equivalence", 2, 2); }
+TEST(Distributed, ExpertParallel2EqualsOneProcess) {
+  expect_all_pass("equivalence", 2, 2);
+}
 
-TEST(Distributed, ExpertParallel4EqualsOneProcess) { expect_all_pass("equivalence", 4, 4); }
+TEST(Distributed, ExpertParallel4EqualsOneProcess) {
+  expect_all_pass("equivalence", 4, 4);
+}
 
 TEST(Distributed, DataParallel2EqualsOneProcessWithTheDoubledBatch) {
   expect_all_pass("equivalence", 2, 1);
@@ -52,11 +58,13 @@ TEST(Distributed, ExpertTimesDataParallelEqualsOneProcess) {
   expect_all_pass("equivalence", 4, 2);
 }
 
-TEST(Distributed, ExpertsAndRanksWithZeroTokens) { expect_all_pass("zero_tokens", 2, 2); }
+TEST(Distributed, ExpertsAndRanksWithZeroTokens) {
+  expect_all_pass("zero_tokens", 2, 2);
+}
 
 void expect_failure_named(const std::string& scenario, double max_seconds) {
-  auto run = run_ranks({kWorker, scenario, "1"}, 3, out_dir(scenario), 120,
-                       {"MOETRON_TEST_TIMEOUT_S=6"});
+  auto run =
+      run_ranks({kWorker, scenario, "1"}, 3, out_dir(scenario), 120, {"MOETRON_TEST_TIMEOUT_S=6"});
   ASSERT_FALSE(run.timed_out) << "ranks still running after 120 s:\n" << all_output(run);
   EXPECT_LT(run.seconds, max_seconds) << all_output(run);
   for (int r : {0, 2}) {

@@ -105,9 +105,9 @@ TEST_F(DistributedTrain, ExpertParallelRunsEqualOneProcess) {
   ASSERT_TRUE(fs::exists(ckpt + "/rng.rank-1.safetensors"));
   // It exports to HF format with all 8 experts of each MoE layer, assembled from both shards.
   const std::string hf = root_ + "/ep2_hf";
-  auto run = run_ranks({kMoetron, "convert", "--from", root_ + "/ep2", "--to", hf, "--dtype",
-                        "fp32"},
-                       1, root_, 120);
+  auto run =
+      run_ranks({kMoetron, "convert", "--from", root_ + "/ep2", "--to", hf, "--dtype", "fp32"}, 1,
+                root_, 120);
   ASSERT_EQ(run.ranks[0].exit_code, 0) << all_output(run);
   std::ifstream in(hf + "/model.safetensors", std::ios::binary);
   uint64_t header_len = 0;
@@ -139,9 +139,9 @@ TEST_F(DistributedTrain, CheckpointSavedAtEp2ResumesAtEp1AndEp4) {
 // GRPO over 2 ranks: each samples half of the step's prompts; metrics count all of them; the
 // run checkpoints and a longer rerun resumes from it.
 TEST_F(DistributedTrain, GrpoDataParallelSplitsThePromptsAndResumes) {
-  const std::vector<std::string> grpo = {"train.stage=grpo",       "rl.prompts_per_step=4",
-                                         "rl.num_generations=2",   "rl.mini_batch_size=8",
-                                         "rl.micro_batch_size=4",  "rl.max_new_tokens=8",
+  const std::vector<std::string> grpo = {"train.stage=grpo",         "rl.prompts_per_step=4",
+                                         "rl.num_generations=2",     "rl.mini_batch_size=8",
+                                         "rl.micro_batch_size=4",    "rl.max_new_tokens=8",
                                          "rl.dynamic_sampling=false"};
   train("grpo", 2, 1, 2, 2, grpo);
   std::ifstream in(root_ + "/grpo/metrics.jsonl");
@@ -174,9 +174,9 @@ TEST_F(DistributedTrain, PipelineRunsOnTwoRanks) {
   auto run = run_ranks(
       {kMoetron, "run", kTiny, "pipeline.pretrain_steps=2", "pipeline.sft_steps=2",
        "pipeline.grpo_steps=1", "pipeline.sft_warmup_steps=0", "pipeline.grpo_warmup_steps=0",
-       "optim.warmup_steps=1", "data.seq_len=32", "train.micro_batch_size=2",
-       "rl.max_new_tokens=8", "rl.prompts_per_step=4", "rl.mini_batch_size=16",
-       "train.eval_batches=1", "data.task_eval_size=4", "log.run_dir=" + root_, "--no-plots"},
+       "optim.warmup_steps=1", "data.seq_len=32", "train.micro_batch_size=2", "rl.max_new_tokens=8",
+       "rl.prompts_per_step=4", "rl.mini_batch_size=16", "train.eval_batches=1",
+       "data.task_eval_size=4", "log.run_dir=" + root_, "--no-plots"},
       2, logs, 240);
   ASSERT_FALSE(run.timed_out) << all_output(run);
   for (const auto& r : run.ranks) ASSERT_EQ(r.exit_code, 0) << all_output(run);
@@ -191,8 +191,8 @@ TEST_F(DistributedTrain, LayoutErrorsNameTheKey) {
   const std::string logs = root_ + "/logs_bad";
   fs::create_directories(logs);
   auto expect_error = [&](int world, const std::string& ep, const std::string& message) {
-    auto run = run_ranks({kMoetron, "train", kTiny, "dist.ep=" + ep, "log.run_dir=" + root_},
-                         world, logs, 120);
+    auto run = run_ranks({kMoetron, "train", kTiny, "dist.ep=" + ep, "log.run_dir=" + root_}, world,
+                         logs, 120);
     ASSERT_FALSE(run.timed_out) << all_output(run);
     for (const auto& r : run.ranks) {
       EXPECT_EQ(r.exit_code, 2) << all_output(run);
@@ -210,10 +210,10 @@ TEST_F(DistributedTrain, RankZerosRunDirectoryErrorReachesEveryRank) {
   train("taken", 1, 1, 2, 1);
   const std::string logs = root_ + "/logs_taken";
   fs::create_directories(logs);
-  auto run = run_ranks({kMoetron, "train", kTiny, "train.steps=1", "data.seq_len=16",
-                        "optim.warmup_steps=1", "ckpt.resume=none", "log.run_dir=" + root_,
-                        "log.name=taken"},
-                       2, logs, 120);
+  auto run = run_ranks(
+      {kMoetron, "train", kTiny, "train.steps=1", "data.seq_len=16", "optim.warmup_steps=1",
+       "ckpt.resume=none", "log.run_dir=" + root_, "log.name=taken"},
+      2, logs, 120);
   ASSERT_FALSE(run.timed_out) << all_output(run);
   for (const auto& r : run.ranks) {
     EXPECT_EQ(r.exit_code, 2) << all_output(run);

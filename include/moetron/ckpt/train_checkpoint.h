@@ -44,8 +44,8 @@ struct TrainState {
 struct CheckpointRanks {
   int64_t rank = 0, world = 1;
   int64_t ep_rank = 0, ep = 1;
-  bool shard_writer = true;  // this rank writes its expert shard (dp rank 0)
-  std::function<void(const std::string&)> barrier;           // every rank; names the point
+  bool shard_writer = true;                         // this rank writes its expert shard (dp rank 0)
+  std::function<void(const std::string&)> barrier;  // every rank; names the point
   std::function<std::string(const std::string&)> broadcast;  // rank 0's value, on every rank
 };
 
