@@ -63,16 +63,12 @@ std::vector<std::vector<int64_t>> transposed(const std::vector<std::vector<int64
   return t;
 }
 
-// What combine needs beyond the local dispatcher's fields.
+// What combine needs: the exchange's split sizes and the local grouping to undo.
 struct ExchangeState {
   std::vector<int64_t> send_splits, recv_splits;  // rows to / from each member
   std::vector<std::vector<int64_t>> recv_counts;  // [member][local expert]
+  model::DispatchState local;                     // this rank's tokens grouped by global expert
 };
-
-std::vector<int64_t> to_vector(const torch::Tensor& t) {
-  auto c = t.to(torch::kCPU, torch::kInt64).contiguous();
-  return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
-}
 
 }  // namespace
 
@@ -82,34 +78,32 @@ torch::Tensor all_to_all_autograd(Group& group, const torch::Tensor& x,
   return AllToAllFn::apply(x, &group, in_splits, out_splits, what);
 }
 
-ExpertParallelDispatcher::ExpertParallelDispatcher(Group& group, int64_t n_experts)
+ExpertParallelDispatcher::ExpertParallelDispatcher(Group& group, int64_t n_experts,
+                                                   ops::Impl permute_impl)
     : group_(group), n_experts_(n_experts), local_experts_(n_experts / group.size()) {
   MOETRON_CHECK_CONFIG(n_experts % group.size() == 0, "expert parallelism: ", n_experts,
                        " routed experts do not split over ", group.size(), " ranks (dist.ep)");
+  local_.set_permute_impl(permute_impl);
 }
 
 model::DispatchState ExpertParallelDispatcher::dispatch(const torch::Tensor& x_TD,
                                                         const torch::Tensor& topk_idx_TK,
                                                         const torch::Tensor& topk_weight_TK,
                                                         const torch::Tensor& counts_E) {
-  const int64_t K = topk_idx_TK.size(1), P = group_.size(), L = local_experts_;
-  model::DispatchState st;
-  st.num_tokens = x_TD.size(0);
-  // Rows sorted by global expert (stable: token order within an expert) are also sorted by
-  // owning member, since each member owns a contiguous range of experts.
-  auto order_N = std::get<1>(topk_idx_TK.reshape(-1).sort(/*stable=*/true, 0, false));
-  st.token_idx_N = order_N.div(K, "floor");
-  st.weight_N = topk_weight_TK.reshape(-1).index_select(0, order_N);
-  auto x_sorted = x_TD.index_select(0, st.token_idx_N);
-
-  // Counts: recv[q][l] = rows member q sends to my local expert l (one small all-to-all).
-  auto counts = counts_E.to(torch::kInt64).contiguous();
-  auto recv_t = group_.all_to_all(counts, std::vector<int64_t>(P, L), std::vector<int64_t>(P, L),
-                                  "moe expert counts");
-  // The layer's host sync: split sizes must be known on the host.
-  const auto send_counts = to_vector(counts);
-  const auto recv_flat = to_vector(recv_t);
+  const int64_t P = group_.size(), L = local_experts_;
   auto ex = std::make_shared<ExchangeState>();
+  // Grouped by global expert (stable: token order within an expert), hence also by owning
+  // member, since each member owns a contiguous range of experts; its counts are on the host.
+  ex->local = local_.dispatch(x_TD, topk_idx_TK, topk_weight_TK, counts_E);
+  const auto& send_counts = ex->local.counts;
+
+  // recv[q][l] = rows member q sends to my local expert l: one small all-to-all, and the
+  // layer's second host sync (split sizes must be known on the host).
+  auto recv_t = group_
+                    .all_to_all(counts_E.to(torch::kInt64).contiguous(), std::vector<int64_t>(P, L),
+                                std::vector<int64_t>(P, L), "moe expert counts")
+                    .cpu();
+  const int64_t* recv_flat = recv_t.data_ptr<int64_t>();
   ex->send_splits.assign(P, 0);
   ex->recv_splits.assign(P, 0);
   ex->recv_counts.assign(P, std::vector<int64_t>(L, 0));
@@ -121,7 +115,9 @@ model::DispatchState ExpertParallelDispatcher::dispatch(const torch::Tensor& x_T
     }
   }
   auto received =
-      all_to_all_autograd(group_, x_sorted, ex->send_splits, ex->recv_splits, "moe dispatch");
+      all_to_all_autograd(group_, ex->local.x_ND, ex->send_splits, ex->recv_splits, "moe dispatch");
+  model::DispatchState st;
+  st.num_tokens = x_TD.size(0);
   // Received rows are member-major ([q][l] blocks); the experts want them expert-major.
   st.x_ND = transpose_blocks(received, ex->recv_counts);
   st.counts.assign(L, 0);
@@ -135,13 +131,11 @@ model::DispatchState ExpertParallelDispatcher::dispatch(const torch::Tensor& x_T
 torch::Tensor ExpertParallelDispatcher::combine(const torch::Tensor& y_ND,
                                                 const model::DispatchState& st) {
   const auto& ex = *std::static_pointer_cast<ExchangeState>(st.extra);
-  // Expert-major back to member-major, then home.
+  // Expert-major back to member-major, then home, then the local weighted combine.
   auto y_member = transpose_blocks(y_ND, transposed(ex.recv_counts));
   auto y_sorted =
       all_to_all_autograd(group_, y_member, ex.recv_splits, ex.send_splits, "moe combine");
-  auto weighted_ND = y_sorted.to(torch::kFloat32) * st.weight_N.unsqueeze(1);
-  auto out_TD = torch::zeros({st.num_tokens, y_ND.size(1)}, weighted_ND.options());
-  return out_TD.index_add(0, st.token_idx_N, weighted_ND).to(y_ND.scalar_type());
+  return local_.combine(y_sorted, ex.local);
 }
 
 void shard_experts(model::DeepseekV3ForCausalLM& model, Comm& comm) {
@@ -151,7 +145,10 @@ void shard_experts(model::DeepseekV3ForCausalLM& model, Comm& comm) {
     const int64_t E = moe->experts->n_experts();
     const int64_t L = E / mesh.ep;
     moe->experts->shard(mesh.ep_rank() * L, L, E);
-    moe->set_dispatcher(std::make_shared<ExpertParallelDispatcher>(comm.ep(), E));
+    // Keep the layer's permute implementation (kernels.permute) for the local grouping.
+    auto* local = dynamic_cast<model::LocalTokenDispatcher*>(&moe->dispatcher());
+    const auto permute = local ? local->permute_impl() : ops::Impl::kReference;
+    moe->set_dispatcher(std::make_shared<ExpertParallelDispatcher>(comm.ep(), E, permute));
   }
 }
 

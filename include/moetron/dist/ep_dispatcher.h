@@ -13,9 +13,12 @@
 namespace moetron::dist {
 
 // Group `group` splits E routed experts evenly: member p owns experts [p·E/P, (p+1)·E/P).
+// The grouping by expert and the weighted combine are the local dispatcher's (with its permute
+// implementation); this class adds the exchanges between them.
 class ExpertParallelDispatcher : public model::TokenDispatcher {
  public:
-  ExpertParallelDispatcher(Group& group, int64_t n_experts);
+  ExpertParallelDispatcher(Group& group, int64_t n_experts,
+                           ops::Impl permute_impl = ops::Impl::kReference);
   model::DispatchState dispatch(const torch::Tensor& x_TD, const torch::Tensor& topk_idx_TK,
                                 const torch::Tensor& topk_weight_TK,
                                 const torch::Tensor& counts_E) override;
@@ -24,6 +27,7 @@ class ExpertParallelDispatcher : public model::TokenDispatcher {
  private:
   Group& group_;
   int64_t n_experts_, local_experts_;
+  model::LocalTokenDispatcher local_;
 };
 
 // Differentiable uneven all-to-all along dim 0 (rows [Σin[<p], +in[p]) to member p).

@@ -114,6 +114,7 @@ class LocalTokenDispatcher : public TokenDispatcher {
                          const torch::Tensor& counts_E) override;
   torch::Tensor combine(const torch::Tensor& y_ND, const DispatchState& state) override;
   void set_permute_impl(ops::Impl impl) { permute_impl_ = impl; }
+  ops::Impl permute_impl() const { return permute_impl_; }
 
  private:
   ops::Impl permute_impl_ = ops::Impl::kReference;
