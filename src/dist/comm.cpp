@@ -400,4 +400,19 @@ std::string broadcast_string(Group& group, const std::string& value, const std::
   return std::string(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), n);
 }
 
+void on_rank0(Group& group, const std::function<void()>& fn, const std::string& what) {
+  std::string failure;  // "<kind digit><message>", empty when rank 0 succeeded
+  if (group.rank() == 0) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      failure = str_cat(static_cast<int>(e.kind()), e.what());
+    }
+  }
+  failure = broadcast_string(group, failure, what);
+  if (!failure.empty()) {
+    throw Error(static_cast<ErrorKind>(failure[0] - '0'), failure.substr(1));
+  }
+}
+
 }  // namespace moetron::dist

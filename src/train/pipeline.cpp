@@ -26,17 +26,14 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
     // here are the ones every stage then reuses).
     torch::Device device = resolve_device(cfg.train.device);
     auto comm = dist::init_from_env(cfg, device, &device);
-    std::string failure;
-    if (comm->rank() == 0 && !fs::exists(fs::path(data_dir) / "meta.json")) {
-      try {
-        data::make_task_data(cfg.data.task, data_dir, data::task_options(cfg));
-        log::info("wrote built-in task '", cfg.data.task, "' data to ", data_dir);
-      } catch (const Error& e) {
-        failure = e.what();
-      }
-    }
-    failure = dist::broadcast_string(comm->world(), failure, "pipeline data");
-    if (!failure.empty()) throw Error(failure);
+    dist::on_rank0(
+        comm->world(),
+        [&] {
+          if (fs::exists(fs::path(data_dir) / "meta.json")) return;
+          data::make_task_data(cfg.data.task, data_dir, data::task_options(cfg));
+          log::info("wrote built-in task '", cfg.data.task, "' data to ", data_dir);
+        },
+        "pipeline data");
     base.data.eval_path = data_dir + "/eval.jsonl";
   }
 

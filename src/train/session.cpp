@@ -72,18 +72,12 @@ Session open_session(const config::Config& cfg_in, const TrainOptions& options) 
   // Rank 0 creates (or checks) the run directory first; the others then open what it wrote.
   // Only rank 0 writes the log file and the metrics.
   // Rank 0's error (e.g. a run directory holding another config) is every rank's error.
-  std::string failure;
-  if (s.main_rank()) {
-    try {
-      s.run = open_run_dir(cfg.log.run_dir, cfg.log.name, s.yaml, s.resume_from.has_value());
-    } catch (const Error& e) {
-      failure = str_cat(static_cast<int>(e.kind()), e.what());
-    }
-  }
-  failure = dist::broadcast_string(s.comm->world(), failure, "run directory");
-  if (!failure.empty()) {
-    throw Error(static_cast<ErrorKind>(failure[0] - '0'), failure.substr(1));
-  }
+  dist::on_rank0(
+      s.comm->world(),
+      [&] {
+        s.run = open_run_dir(cfg.log.run_dir, cfg.log.name, s.yaml, s.resume_from.has_value());
+      },
+      "run directory");
   if (!s.main_rank()) {
     s.run = open_run_dir(cfg.log.run_dir, cfg.log.name, s.yaml, /*resuming=*/true);
   }

@@ -130,6 +130,10 @@ namespace moetron::dist {
 // Group rank 0's `value` on every member (two broadcasts: length, bytes).
 std::string broadcast_string(Group& group, const std::string& value, const std::string& what);
 
+// Runs `fn` on group rank 0 only (e.g. creating files every rank then reads); a moetron::Error
+// it throws is rethrown, with its kind, on every member, so no rank waits on a failed peer.
+void on_rank0(Group& group, const std::function<void()>& fn, const std::string& what);
+
 // This process's place in a distributed run, from the launcher's environment (torchrun or SLURM
 // variables; see read_dist_env) and the config's dist section: a world of one without them.
 // `device` is the configured device; on CUDA each rank takes cuda:LOCAL_RANK (returned in
