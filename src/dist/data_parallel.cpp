@@ -34,11 +34,30 @@ DataParallel::DataParallel(Comm& comm, model::DeepseekV3ForCausalLM& model, doub
       params_(split_parameters(model)),
       bucket_bytes_(std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024 * 1024))) {}
 
-void DataParallel::reduce_buckets(std::vector<torch::Tensor>& params, Group& group,
+void DataParallel::reduce_buckets(const std::vector<torch::Tensor>& all_params, Group& group,
                                   const std::string& what) {
-  if (params.empty()) return;
+  if (all_params.empty()) return;
   const double inv_world = 1.0 / static_cast<double>(comm_.world_size());
   torch::NoGradGuard no_grad;
+  // A parameter no rank has a gradient for stays without one (as in one process, AdamW then
+  // skips it); one that only some ranks have a gradient for counts as zero on the others.
+  std::vector<int32_t> local(all_params.size());
+  for (size_t k = 0; k < all_params.size(); ++k) local[k] = all_params[k].grad().defined();
+  auto has_grad = torch::tensor(local, torch::kInt32);
+  if (group.size() > 1) {
+    has_grad = has_grad.to(group.comm_device());
+    group.all_reduce(has_grad, ReduceOp::kMax, what + " (which have gradients)");
+    has_grad = has_grad.cpu();
+  }
+  const int32_t* any_rank = has_grad.data_ptr<int32_t>();
+  std::vector<torch::Tensor> params;
+  for (size_t k = 0; k < all_params.size(); ++k) {
+    if (any_rank[k] == 0) continue;
+    if (!all_params[k].grad().defined()) {
+      all_params[k].mutable_grad() = torch::zeros_like(all_params[k]);
+    }
+    params.push_back(all_params[k]);
+  }
   // Buckets of consecutive parameters with one dtype and device, up to bucket_bytes_ each; the
   // order is the parameters' order, the same on every rank.
   size_t i = 0;
@@ -50,7 +69,6 @@ void DataParallel::reduce_buckets(std::vector<torch::Tensor>& params, Group& gro
     while (i < params.size() && params[i].dtype() == options.dtype() &&
            params[i].device() == options.device() && (grads.empty() || bytes < bucket_bytes_)) {
       auto& p = params[i];
-      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
       grads.push_back(p.grad());
       bytes += p.numel() * p.element_size();
       ++i;
@@ -115,14 +133,6 @@ std::vector<double> reduce(Comm& comm, const std::vector<double>& values, Reduce
 
 std::vector<double> DataParallel::sum(const std::vector<double>& values, const std::string& what) {
   return reduce(comm_, values, ReduceOp::kSum, what);
-}
-
-std::vector<double> DataParallel::mean(const std::vector<double>& values, const std::string& what) {
-  auto out = sum(values, what);
-  if (comm_.distributed()) {
-    for (auto& v : out) v /= static_cast<double>(comm_.world_size());
-  }
-  return out;
 }
 
 std::vector<double> DataParallel::max(const std::vector<double>& values, const std::string& what) {

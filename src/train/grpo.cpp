@@ -311,7 +311,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
       const int64_t need = open ? P - static_cast<int64_t>(samples.size()) / G : 0;
       // Every rank draws the same prompts from the shared stream (world x the largest need) and
       // takes its own slice, so the stream stays identical on all ranks.
-      const int64_t need_max = world > 1 ? session.dp->max(need, "sampling round") : need;
+      const int64_t need_max = session.dp->max(need, "sampling round");
       if (need_max == 0) break;
       std::vector<int64_t> picked;
       std::vector<std::string> texts;
@@ -391,7 +391,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
     const int64_t micro = rl_cfg.micro_batch_size;
     const int64_t mini = std::min<int64_t>(mini_local, std::max<int64_t>(n_samples, 1));
     const int64_t local_minis = n_samples == 0 ? 0 : (n_samples + mini - 1) / mini;
-    const int64_t n_minis = world > 1 ? session.dp->max(local_minis, "mini-batches") : local_minis;
+    const int64_t n_minis = session.dp->max(local_minis, "mini-batches");
     // With one update per rollout batch the policy still equals the sampler when the loss is
     // evaluated, so the old log-probs are that forward's own (detached) values; otherwise they
     // are computed once up front, before any update moves the policy.
@@ -425,13 +425,11 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           ++norm.num_sequences;
           norm.num_tokens += samples[r].completion_len();
         }
-        if (world > 1) {
-          const auto totals = session.dp->sum(
-              {static_cast<double>(norm.num_sequences), static_cast<double>(norm.num_tokens)},
-              "loss normaliser");
-          norm.num_sequences = static_cast<int64_t>(std::llround(totals[0]));
-          norm.num_tokens = static_cast<int64_t>(std::llround(totals[1]));
-        }
+        const auto totals = session.dp->sum(
+            {static_cast<double>(norm.num_sequences), static_cast<double>(norm.num_tokens)},
+            "loss normaliser");
+        norm.num_sequences = static_cast<int64_t>(totals[0]);
+        norm.num_tokens = static_cast<int64_t>(totals[1]);
         lr = optim::lr_at(cfg.optim, updates, total_updates);
         optim::set_lr(*optimizer, lr);
         optimizer->zero_grad();
@@ -453,7 +451,7 @@ TrainResult train_grpo(const config::Config& cfg_in, const TrainOptions& options
           }
           auto out =
               rl::policy_loss(logp, mb.old_BT, mb.ref_BT, mb.adv_B, mb.mask_BT, loss_opts, norm);
-          (world > 1 ? out.loss * static_cast<double>(world) : out.loss).backward();
+          (out.loss * static_cast<double>(world)).backward();
           stats_dev += out.stats;
           ratio_max_dev = torch::maximum(ratio_max_dev, out.stats[rl::kStatRatioMax]);
         }

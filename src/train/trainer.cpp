@@ -142,13 +142,14 @@ TrainResult train(const config::Config& cfg_in, const TrainOptions& options) {
     parts = parts.cpu();
     // The objective is the mean of the ranks' losses: gradients and reported losses alike.
     session.dp->all_reduce_gradients();
-    const auto mean_parts =
-        session.dp->mean({parts[0].item<double>(), parts[1].item<double>(), parts[2].item<double>(),
-                          parts[3].item<double>(), static_cast<double>(tokens)},
-                         "loss");
-    const double loss = mean_parts[0], main_loss = mean_parts[1];
-    const double mtp_loss = mean_parts[2], balance = mean_parts[3];
-    tokens = static_cast<int64_t>(std::llround(mean_parts[4] * static_cast<double>(world)));
+    const auto sums =
+        session.dp->sum({parts[0].item<double>(), parts[1].item<double>(), parts[2].item<double>(),
+                         parts[3].item<double>(), static_cast<double>(tokens)},
+                        "loss");
+    const double inv_world = 1.0 / static_cast<double>(world);
+    const double loss = sums[0] * inv_world, main_loss = sums[1] * inv_world;
+    const double mtp_loss = sums[2] * inv_world, balance = sums[3] * inv_world;
+    tokens = static_cast<int64_t>(sums[4]);
     if (counts.defined()) counts = session.dp->global_counts(counts);
     const auto clip = session.dp->clip_grad_norm(cfg.optim.grad_clip);
     const bool finite = std::isfinite(loss) && clip.finite;

@@ -136,7 +136,7 @@ void scenario_equivalence(dist::Comm& comm, bool skew) {
   auto out = m->forward(mine, mine);
   out.loss.backward();
   dp.all_reduce_gradients();
-  const auto mean_loss = dp.mean({out.loss.item<double>()}, "loss")[0];
+  const auto mean_loss = dp.sum({out.loss.item<double>()}, "loss")[0] / double(world);
   expect_close(torch::tensor(mean_loss), ref_out.loss.detach(), 1e-5, "loss");
 
   auto ref_params = ref->named_parameters();
