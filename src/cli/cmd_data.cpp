@@ -1,4 +1,4 @@
-// `moetron data make TASK --out DIR [--seed N]`: writes a built-in task's pretraining corpus,
+// `moetron data make TASK --out DIR [--seed N] [generator options]`: writes a built-in task's pretraining corpus,
 // cold-start SFT data, RL prompts and held-out eval set as JSONL.
 #include <iostream>
 
@@ -25,6 +25,15 @@ Run setup_data(CLI::App& app) {
   make->add_option("--sft", args->options.num_sft, "SFT samples")->capture_default_str();
   make->add_option("--rl", args->options.num_rl, "RL prompts")->capture_default_str();
   make->add_option("--eval", args->options.num_eval, "Held-out problems")->capture_default_str();
+  make->add_option("--max-digits", args->options.max_digits, "arithmetic: operands have 1..n digits")
+      ->capture_default_str();
+  make->add_option("--ops", args->options.ops, "arithmetic: operators drawn from (of +-*)")
+      ->capture_default_str();
+  make->add_option("--terms", args->options.max_terms,
+                   "arithmetic: 2..n operands (> 2: left-to-right + - chains)")
+      ->capture_default_str();
+  make->add_option("--max-numbers", args->options.max_numbers, "countdown: 3..n given numbers")
+      ->capture_default_str();
   return [args, make]() {
     if (!make->parsed()) throw Error(ErrorKind::kUsage, "data: choose a subcommand (make)");
     data::make_task_data(args->task, args->out, args->options);

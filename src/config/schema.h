@@ -109,6 +109,11 @@ void visit_data(D& d, V& v) {
   v.field("task_ops", d.task_ops,
           Info("Built-in arithmetic: the operators problems draw from (distinct characters of "
                "`+-*`)."));
+  v.field("task_terms", d.task_terms,
+          Info("Built-in arithmetic: problems have 2..n operands; above 2, left-to-right `+-` "
+               "chains with one running-total line per step.")
+              .min(2)
+              .max(8));
   v.field("task_max_numbers", d.task_max_numbers,
           Info("Built-in countdown: 3..n given numbers.").min(3).max(6));
   v.field("task_size", d.task_size,

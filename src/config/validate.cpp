@@ -153,6 +153,11 @@ void check_run(const Config& c) {
                        "data.task_ops: expected distinct characters of \"+-*\" (e.g. "
                        "\"+-\"), got \"",
                        ops, "\"");
+  MOETRON_CHECK_CONFIG(c.data.task_terms == 2 || ops.find('*') == std::string::npos,
+                       "data.task_terms: ", c.data.task_terms,
+                       " operands make left-to-right chains, which need data.task_ops without "
+                       "'*', got \"",
+                       ops, "\"");
 }
 
 }  // namespace

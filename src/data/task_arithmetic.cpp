@@ -1,5 +1,6 @@
 // The arithmetic task: multi-digit + - * problems with column-by-column <think> traces (carries,
-// borrows, partial products) the way a person works them on paper.
+// borrows, partial products) the way a person works them on paper; with more than two terms,
+// + - chains worked left to right with one line per running total.
 #include <algorithm>
 #include <sstream>
 
@@ -91,9 +92,44 @@ void long_multiply(std::ostream& os, int64_t a, int64_t b) {
   }
 }
 
+// "a op b op c ...", evaluated left to right: every step is one line "total op x = new total",
+// so a chain is a composition of binary facts that other chains also contain.
+Problem make_chain(Rng& rng, const TaskDataOptions& options) {
+  const int64_t terms = rng.uniform(2, options.max_terms);
+  std::vector<int64_t> xs;
+  std::string ops;
+  for (int64_t i = 0; i < terms; ++i) {
+    xs.push_back(random_operand(rng, options.max_digits));
+    if (i > 0) ops += options.ops[rng.uniform(0, static_cast<int64_t>(options.ops.size()) - 1)];
+  }
+  std::string key = std::to_string(xs[0]), spaced = key;
+  std::ostringstream trace;
+  trace << "Work left to right, keeping a running total.\n";
+  int64_t total = xs[0];
+  for (size_t i = 1; i < xs.size(); ++i) {
+    const char op = ops[i - 1];
+    const int64_t next = op == '+' ? total + xs[i] : total - xs[i];
+    trace << total << " " << op << " " << xs[i] << " = " << next << "\n";
+    total = next;
+    key += op + std::to_string(xs[i]);
+    spaced += std::string(" ") + op + " " + std::to_string(xs[i]);
+  }
+  trace << "So " << spaced << " = " << total << ".";
+
+  Problem p;
+  p.key = key;
+  p.prompt = "What is " + spaced + "?";
+  p.answer = std::to_string(total);
+  p.final = p.answer;
+  p.reasoning = trace.str();
+  p.line = p.key + "=" + p.answer;
+  return p;
+}
+
 }  // namespace
 
 Problem make_arithmetic(Rng& rng, const TaskDataOptions& options) {
+  if (options.max_terms > 2) return make_chain(rng, options);
   int64_t a = random_operand(rng, options.max_digits);
   int64_t b = random_operand(rng, options.max_digits);
   const char op = options.ops[rng.uniform(0, static_cast<int64_t>(options.ops.size()) - 1)];

@@ -49,6 +49,9 @@ void check_options(const TaskDataOptions& o) {
   need(!o.ops.empty() && o.ops.find_first_not_of("+-*") == std::string::npos &&
            std::set<char>(o.ops.begin(), o.ops.end()).size() == o.ops.size(),
        "ops must be distinct characters of \"+-*\", got \"" + o.ops + "\"");
+  need(o.max_terms >= 2 && o.max_terms <= 8, "max_terms must be in [2, 8]");
+  need(o.max_terms == 2 || o.ops.find('*') == std::string::npos,
+       "chains (max_terms > 2) are worked left to right, so ops must not contain '*'");
   need(o.max_numbers >= 3 && o.max_numbers <= 6, "max_numbers must be in [3, 6]");
   need(o.max_number >= 2 && o.max_number <= 1000, "max_number must be in [2, 1000]");
   need(o.max_target >= 10 && o.max_target <= 1000000, "max_target must be in [10, 1e6]");
@@ -99,6 +102,7 @@ TaskDataOptions task_options(const config::DataConfig& data, uint64_t seed,
   o.seed = seed;
   o.max_digits = data.task_max_digits;
   o.ops = data.task_ops;
+  o.max_terms = data.task_terms;
   o.max_numbers = data.task_max_numbers;
   o.num_pretrain_docs = data.task_size;
   o.num_sft = data.task_size;
@@ -182,6 +186,7 @@ void make_task_data(const std::string& task, const std::string& out_dir, const T
                           {{"problems_per_doc", o.problems_per_doc},
                            {"max_digits", o.max_digits},
                            {"ops", o.ops},
+                           {"max_terms", o.max_terms},
                            {"max_numbers", o.max_numbers},
                            {"max_number", o.max_number},
                            {"max_target", o.max_target},

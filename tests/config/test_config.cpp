@@ -153,6 +153,13 @@ TEST(Config, ValidateChecksFieldRangesOfConfigsBuiltInCode) {
   c.rl.rewards = {{"accuracy", 1.0}, {"accuracy", 0.5}};
   EXPECT_EQ(config_error([&] { validate(c); }),
             "rl.rewards[1].name repeats rl.rewards[0].name ('accuracy')");
+  c = Config{};
+  c.data.task_terms = 3;  // default ops "+-*": a chain with '*' has no left-to-right meaning
+  EXPECT_EQ(config_error([&] { validate(c); }),
+            "data.task_terms: 3 operands make left-to-right chains, which need data.task_ops "
+            "without '*', got \"+-*\"");
+  c.data.task_ops = "+-";
+  EXPECT_NO_THROW(validate(c));
 }
 
 TEST(Config, NumbersFormatShortestAndRoundTrip) {

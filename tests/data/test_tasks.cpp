@@ -229,6 +229,93 @@ TEST(Tasks, ErrorsForUnknownTaskAndTooSmallSpace) {
   EXPECT_THROW(generate_task_data("arithmetic", o), Error);
 }
 
+// Left-to-right chains: every step line is right and follows the prompt, and the steps held-out
+// problems need appear in training traces (held-out problems are compositions of trained steps,
+// so a model can solve them without having seen them).
+TEST(Tasks, ChainsAreCompositionsOfTrainedSteps) {
+  TaskDataOptions o = small(7);
+  o.max_digits = 1;
+  o.ops = "+-";
+  o.max_terms = 4;
+  o.num_sft = 2000;
+  o.num_pretrain_docs = 2000;  // the quickstart's sizes
+  static const std::regex step(R"((-?\d+) ([-+]) (\d+) = (-?\d+)\n)");
+  static const std::regex operand(R"(([-+]) (\d+))");
+  // The steps of one SFT response, checked against its prompt; returns "a+b" step keys.
+  auto steps_of = [&](const std::string& prompt, const std::string& response) {
+    std::vector<std::pair<char, int64_t>> terms;
+    std::smatch first;
+    EXPECT_TRUE(std::regex_search(prompt, first, std::regex(R"(What is (\d+))"))) << prompt;
+    for (auto it = std::sregex_iterator(prompt.begin(), prompt.end(), operand);
+         it != std::sregex_iterator(); ++it) {
+      terms.emplace_back((*it)[1].str()[0], std::stoll((*it)[2].str()));
+    }
+    EXPECT_GE(terms.size(), 1u);
+    EXPECT_LE(terms.size(), 3u);
+    int64_t total = std::stoll(first[1].str());
+    std::vector<std::string> keys;
+    size_t i = 0;
+    for (auto it = std::sregex_iterator(response.begin(), response.end(), step);
+         it != std::sregex_iterator(); ++it, ++i) {
+      const auto& m = *it;
+      EXPECT_LT(i, terms.size()) << response;
+      if (i >= terms.size()) break;
+      EXPECT_EQ(std::stoll(m[1].str()), total) << response;
+      EXPECT_EQ(m[2].str()[0], terms[i].first) << response;
+      EXPECT_EQ(std::stoll(m[3].str()), terms[i].second) << response;
+      total = terms[i].first == '+' ? total + terms[i].second : total - terms[i].second;
+      EXPECT_EQ(std::stoll(m[4].str()), total) << response;
+      keys.push_back(m[1].str() + m[2].str() + m[3].str());
+    }
+    EXPECT_EQ(i, terms.size()) << response;
+    EXPECT_EQ(extract_final_answer(response), std::to_string(total)) << response;
+    return keys;
+  };
+  // + - chains: the steps check out.
+  for (const auto& line : generate_task_data("arithmetic", o).eval) {
+    RlPrompt p = parse_rl_record(line, "eval");
+    steps_of(p.prompt, p.extra.at("response"));
+  }
+  // + chains (the quickstart's task): 280 possible steps, all of them in the 2000 traces.
+  o.ops = "+";
+  TaskData d = generate_task_data("arithmetic", o);
+  std::set<std::string> trained;
+  std::set<size_t> lengths;
+  for (const auto& line : d.sft) {
+    SftSample s = parse_sft_record(line, "sft");
+    auto keys = steps_of(s.messages[0].content, s.messages[1].content);
+    lengths.insert(keys.size());
+    trained.insert(keys.begin(), keys.end());
+  }
+  EXPECT_EQ(lengths, (std::set<size_t>{1, 2, 3}));  // 2..4 operands
+  // The pretraining corpus's worked problems show steps too.
+  for (const auto& line : d.pretrain) {
+    const std::string text = Json::parse(line).at("text").get<std::string>();
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), step);
+         it != std::sregex_iterator(); ++it) {
+      trained.insert((*it)[1].str() + (*it)[2].str() + (*it)[3].str());
+    }
+  }
+  size_t held_out_steps = 0, seen = 0;
+  for (const auto& line : d.eval) {
+    RlPrompt p = parse_rl_record(line, "eval");
+    for (const auto& k : steps_of(p.prompt, p.extra.at("response"))) {
+      ++held_out_steps;
+      seen += trained.count(k);
+    }
+  }
+  EXPECT_GT(held_out_steps, 100u);
+  // Only the rarest running totals (e.g. 25 + 3, which needs 9 + 9 + 7 first) can be missing.
+  EXPECT_GE(static_cast<double>(seen), 0.97 * static_cast<double>(held_out_steps))
+      << seen << " of " << held_out_steps << " held-out steps are in training traces";
+  EXPECT_LE(trained.size(), 280u);
+  o.ops = "+*";
+  EXPECT_THROW(generate_task_data("arithmetic", o), Error);  // chains are worked left to right
+  o.ops = "+";
+  o.max_terms = 9;
+  EXPECT_THROW(generate_task_data("arithmetic", o), Error);
+}
+
 TEST(Checker, ExtractFinalAnswer) {
   EXPECT_EQ(extract_final_answer("<think>a</think>\n 42 \n"), "42");
   EXPECT_EQ(extract_final_answer("<think>1</think> <answer> 7 </answer>"), "7");

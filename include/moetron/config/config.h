@@ -93,6 +93,7 @@ struct DataConfig {
   // Built-in task generator (data.task): difficulty and sizes.
   int64_t task_max_digits = 3;   // arithmetic: operands have 1..n digits
   std::string task_ops = "+-*";  // arithmetic: the operators drawn from
+  int64_t task_terms = 2;        // arithmetic: 2..n operands (> 2: + - chains)
   int64_t task_max_numbers = 4;  // countdown: 3..n given numbers
   int64_t task_size = 2000;      // pretraining documents, SFT samples and RL prompts each
   int64_t task_eval_size = 200;  // held-out problems

@@ -22,6 +22,9 @@ struct TaskDataOptions {
   // arithmetic: operands have 1..max_digits digits; operators drawn uniformly from `ops`.
   int64_t max_digits = 3;
   std::string ops = "+-*";
+  // arithmetic: problems have 2..max_terms operands. Above 2, every problem is a left-to-right
+  // + - chain with one running-total line per step (`ops` must not contain '*').
+  int64_t max_terms = 2;
   // countdown: 3..max_numbers numbers (3 or 4), each in [1, max_number]; targets <= max_target.
   int64_t max_numbers = 4;
   int64_t max_number = 25;
