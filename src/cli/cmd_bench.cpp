@@ -22,6 +22,7 @@
 #include "command.h"
 #include "moetron/build_config.h"
 #include "moetron/ckpt/hf_model.h"
+#include "moetron/train/autocast.h"
 #include "moetron/config/loader.h"
 
 #include "moetron/core/env.h"
@@ -42,6 +43,7 @@ struct BenchModelArgs {
   int threads = 2;
   int64_t seed = 0;
   bool hf = false;
+  std::string dtype = "fp32";  // fp32, or bf16: both sides' forward under CPU autocast
   std::string python = MOETRON_PYTHON_DEFAULT;
 };
 
@@ -59,6 +61,20 @@ std::string run_capture(const std::string& cmd) {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+// The dense matmul rate this process reaches at its thread count (median of 5 square GEMMs of
+// size n in `dtype`): the roofline a matmul-bound training step is measured against.
+double matmul_gflops(int64_t n, torch::ScalarType dtype) {
+  auto a = torch::randn({n, n}).to(dtype), b = torch::randn({n, n}).to(dtype);
+  auto c = torch::mm(a, b);  // warm-up
+  std::vector<double> rates;
+  for (int i = 0; i < 5; ++i) {
+    Stopwatch sw;
+    c = torch::mm(a, b);
+    rates.push_back(2.0 * static_cast<double>(n * n * n) / sw.seconds() / 1e9);
+  }
+  return median(rates);
 }
 
 int run_bench_model(const BenchModelArgs& args) {
@@ -89,9 +105,13 @@ int run_bench_model(const BenchModelArgs& args) {
       if (auto path = env::get("MOETRON_PROFILE"); path && i + 1 == args.warmup + args.steps) {
         profile = std::make_unique<torch::autograd::profiler::RecordProfile>(*path);
       }
-      auto out = m->forward(ids, ids, {}, {}, opts);
-      out.loss.backward();
-      if (i == 0) first_loss = out.loss.item<double>();
+      torch::Tensor loss;
+      {
+        train::AutocastGuard autocast(torch::Device(torch::kCPU), args.dtype);
+        loss = m->forward(ids, ids, {}, {}, opts).loss;
+      }
+      loss.backward();
+      if (i == 0) first_loss = loss.item<double>();
     }
     const double dt = sw.seconds();
     const double cpu_dt = static_cast<double>(std::clock() - cpu_start) / CLOCKS_PER_SEC;
@@ -107,7 +127,15 @@ int run_bench_model(const BenchModelArgs& args) {
   std::cout << std::fixed << std::setprecision(2);
   std::cout << "config " << args.config->path << ": " << model::summary_line(cfg, args.seq) << "\n";
   std::cout << "batch " << args.batch << " x seq " << args.seq << ", threads " << args.threads
-            << ", " << args.steps << " timed steps (median)\n";
+            << ", " << args.dtype << ", " << args.steps << " timed steps (median)\n";
+  // A step is ~3x the forward FLOPs; against the dense matmul rate of this machine and thread
+  // count, that bounds how fast any implementation of the same FLOPs can be.
+  const double step_gflop = 3 * flops.total * tokens / 1e9;
+  const double peak =
+      matmul_gflops(1024, args.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+  std::cout << "roofline: " << step_gflop << " GFLOP per step; " << args.dtype
+            << " matmul 1024^3 at " << peak << " GFLOP/s -> a step needs >= "
+            << 1000 * step_gflop / peak << " ms\n";
   std::cout << "moetron  step " << ours_ms << " ms  (" << std::setprecision(0)
             << tokens / (ours_ms / 1000) << " tokens/s, " << std::setprecision(2)
             << 3 * flops.total * tokens / (ours_ms / 1000) / 1e9 << " GFLOP/s, cpu " << ours_cpu_ms
@@ -123,7 +151,8 @@ int run_bench_model(const BenchModelArgs& args) {
   cmd << "HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error OMP_NUM_THREADS=" << args.threads << " "
       << args.python << " " << script << " --model " << dir << " --batch " << args.batch
       << " --seq " << args.seq << " --steps " << args.steps << " --warmup " << args.warmup
-      << " --threads " << args.threads << " --seed " << args.seed << " 2>/dev/null";
+      << " --threads " << args.threads << " --seed " << args.seed << " --dtype " << args.dtype
+      << " 2>/dev/null";
   std::string out;
   try {
     out = run_capture(cmd.str());
@@ -140,7 +169,8 @@ int run_bench_model(const BenchModelArgs& args) {
             << tokens / (hf_ms / 1000) << " tokens/s, cpu " << std::setprecision(2) << hf_cpu_ms
             << " ms)  loss " << std::setprecision(6) << hf.at("loss").get<double>() << "\n";
   std::cout << std::setprecision(3) << "ratio moetron/hf = " << ours_ms / hf_ms
-            << "  (target <= 0.5; cpu time " << ours_cpu_ms / hf_cpu_ms << ")\n";
+            << "  (target <= 0.5; cpu time " << ours_cpu_ms / hf_cpu_ms
+            << "; the roofline allows >= " << 1000 * step_gflop / peak / hf_ms << ")\n";
   return 0;
 }
 
@@ -159,6 +189,10 @@ Run setup_bench(CLI::App& app) {
   model->add_option("--threads", args->threads, "CPU threads (both sides)")->capture_default_str();
   model->add_option("--seed", args->seed, "Seed of the ids and the init")->capture_default_str();
   model->add_flag("--hf", args->hf, "Also time HF transformers on the same weights and batch");
+  model->add_option("--dtype", args->dtype,
+                    "fp32, or bf16: both sides' forward under CPU autocast (fp32 weights)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   model->add_option("--python", args->python, "Python with transformers (default: the venv)");
   Run run_model = [args] { return run_bench_model(*args); };
 

@@ -9,6 +9,11 @@
 // block i), skips most of the masked upper triangle and bounds the scores held at a time. The
 // kept probabilities cost memory quadratic in T; above kBlockedAttentionMaxSavedBytes (long
 // sequences) and on GPUs SDPA's flash kernels remain the right tool.
+//
+// bf16 / fp16 inputs (CPU autocast) run the matmuls in that dtype with fp32 accumulation inside
+// the GEMM; the softmax, dS = P ⊙ (dP − rowsum(dP ⊙ P)) and the dK / dV sums over query blocks
+// are fp32, and the probabilities are kept in the input dtype for P·V and backward, as HF's
+// eager attention does (softmax in fp32, cast back before the value matmul).
 #include "moetron/model/attention.h"
 
 #include <limits>
@@ -36,6 +41,10 @@ struct AttentionMask {
   torch::Tensor allowed_BTT;  // bool [B, T, T] or undefined (plain causal)
 };
 
+bool is_low_precision(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf;
+}
+
 // Bytes of probabilities the block-causal path keeps: Σ_blocks G · n · e elements.
 int64_t saved_probability_bytes(int64_t G, int64_t T, int64_t block, int64_t element_size) {
   int64_t elements = 0;
@@ -60,6 +69,7 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
     // Column j > row i inside the block's diagonal square (its top-left n x n for short blocks).
     auto above_diag = torch::ones({block, block}, q_BHTK.options().dtype(torch::kBool)).triu(1);
 
+    const bool low = is_low_precision(q_BHTK);
     variable_list saved{q_GTK, k_GTK, v_GTV, o_BHTV};
     for (int64_t s = 0; s < T; s += block) {
       const int64_t n = std::min(block, T - s), e = s + n;
@@ -78,7 +88,11 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
         bias_ne.narrow(1, s, n).masked_fill_(above_diag.narrow(0, 0, n).narrow(1, 0, n), kNegInf);
         at::baddbmm_out(scores_Gne, bias_ne, q_GnK, kt_GKe, /*beta=*/1, /*alpha=*/scale);
       }
-      auto probs_Gne = at::_softmax(scores_Gne, -1, /*half_to_float=*/false);
+      // Low precision: the softmax in fp32, its probabilities back in the input dtype.
+      // (ATen's CPU softmax has no half-to-float mode, hence the explicit upcast.)
+      auto probs_Gne = low ? at::_softmax(scores_Gne.to(torch::kFloat32), -1, false)
+                                 .to(q_GTK.scalar_type())
+                           : at::_softmax(scores_Gne, -1, /*half_to_float=*/false);
       o_GTV.narrow(1, s, n).copy_(at::bmm(probs_Gne, v_GTV.narrow(1, 0, e)));
       saved.push_back(probs_Gne);
     }
@@ -101,11 +115,15 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
     const int64_t block = ctx->saved_data["block"].toInt();
     const int64_t G = q_GTK.size(0), T = q_GTK.size(1), V = v_GTV.size(2);
 
-    auto dout_GTV = grad_outputs[0].contiguous().view({G, T, V});
-    auto rowdot_GT1 = (dout_GTV * o_BHTV.view({G, T, V})).sum(-1, /*keepdim=*/true);
+    const auto dtype = q_GTK.scalar_type();
+    const bool low = is_low_precision(q_GTK);
+    const auto acc = low ? torch::kFloat32 : dtype;  // dS and the dK / dV sums
+    auto dout_GTV = grad_outputs[0].to(dtype).contiguous().view({G, T, V});
+    torch::Tensor rowdot_GT1;
+    if (!low) rowdot_GT1 = (dout_GTV * o_BHTV.view({G, T, V})).sum(-1, /*keepdim=*/true);
     auto dq_GTK = torch::empty_like(q_GTK);
-    auto dk_GTK = torch::zeros_like(k_GTK);
-    auto dv_GTV = torch::zeros_like(v_GTV);
+    auto dk_GTK = torch::zeros(q_GTK.sizes(), q_GTK.options().dtype(acc));
+    auto dv_GTV = torch::zeros(v_GTV.sizes(), v_GTV.options().dtype(acc));
     // Every product below lands in a fresh contiguous tensor first: ATen's CPU batched matmul
     // falls back to one GEMM per head when its output is a strided slice.
     auto bmm_scaled = [](const torch::Tensor& a, const torch::Tensor& b, double alpha) {
@@ -118,11 +136,23 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
       const auto& probs_Gne = saved[i];
       auto dout_GnV = dout_GTV.narrow(1, s, n);
       dv_GTV.narrow(1, 0, e).add_(at::bmm(probs_Gne.transpose(1, 2), dout_GnV));
-      auto dscores_Gne = at::bmm(dout_GnV, v_GTV.narrow(1, 0, e).transpose(1, 2));
-      dscores_Gne.sub_(rowdot_GT1.narrow(1, s, n)).mul_(probs_Gne);  // dS (before scale)
+      auto dscores_Gne = at::bmm(dout_GnV, v_GTV.narrow(1, 0, e).transpose(1, 2)).to(acc);
+      if (low) {
+        // rowsum(dO ⊙ O) equals rowsum(dP ⊙ P) only in exact arithmetic; with O rounded to
+        // bf16 it is the larger error, so the low-precision path takes the softmax's own form.
+        auto probs = probs_Gne.to(acc);
+        auto rowdot_Gn1 = (dscores_Gne * probs).sum(-1, /*keepdim=*/true);
+        dscores_Gne = dscores_Gne.sub_(rowdot_Gn1).mul_(probs).to(dtype);  // dS (before scale)
+      } else {
+        dscores_Gne.sub_(rowdot_GT1.narrow(1, s, n)).mul_(probs_Gne);  // dS (before scale)
+      }
       dq_GTK.narrow(1, s, n).copy_(bmm_scaled(dscores_Gne, k_GTK.narrow(1, 0, e), scale));
       dk_GTK.narrow(1, 0, e).add_(
           bmm_scaled(dscores_Gne.transpose(1, 2), q_GTK.narrow(1, s, n), scale));
+    }
+    if (low) {
+      dk_GTK = dk_GTK.to(dtype);
+      dv_GTV = dv_GTV.to(dtype);
     }
     const auto& q_shape = grad_outputs[0].sizes();
     const int64_t B = q_shape[0], H = q_shape[1], K = q_GTK.size(2);
@@ -151,7 +181,8 @@ void check_shapes(const torch::Tensor& q_BHTK, const torch::Tensor& k_BHTK,
 
 bool use_blocked_attention(const torch::Tensor& q_BHTK) {
   const auto dtype = q_BHTK.scalar_type();
-  if (!q_BHTK.device().is_cpu() || (dtype != torch::kFloat32 && dtype != torch::kFloat64)) {
+  if (!q_BHTK.device().is_cpu() || (dtype != torch::kFloat32 && dtype != torch::kFloat64 &&
+                                    !is_low_precision(q_BHTK))) {
     return false;
   }
   const int64_t G = q_BHTK.size(0) * q_BHTK.size(1), T = q_BHTK.size(2);
@@ -164,9 +195,14 @@ torch::Tensor blocked_causal_attention(const torch::Tensor& q_BHTK, const torch:
                                        const torch::Tensor& allowed_BTT, int64_t block) {
   check_shapes(q_BHTK, k_BHTK, v_BHTV, allowed_BTT);
   MOETRON_CHECK(block > 0, "blocked_causal_attention: block must be > 0, got ", block);
-  // The softmax runs in the inputs' dtype here, so only full-precision inputs qualify.
-  MOETRON_CHECK(q_BHTK.scalar_type() == torch::kFloat32 || q_BHTK.scalar_type() == torch::kFloat64,
-                "blocked_causal_attention: expected fp32 or fp64, got ", q_BHTK.dtype());
+  MOETRON_CHECK(q_BHTK.scalar_type() == torch::kFloat32 ||
+                    q_BHTK.scalar_type() == torch::kFloat64 || is_low_precision(q_BHTK),
+                "blocked_causal_attention: expected fp32, fp64, bf16 or fp16, got ",
+                q_BHTK.dtype());
+  MOETRON_CHECK(k_BHTK.scalar_type() == q_BHTK.scalar_type() &&
+                    v_BHTV.scalar_type() == q_BHTK.scalar_type(),
+                "blocked_causal_attention: q, k and v must share a dtype, got ", q_BHTK.dtype(),
+                ", ", k_BHTK.dtype(), ", ", v_BHTV.dtype());
   return BlockedCausalAttention::apply(q_BHTK, k_BHTK, v_BHTV, scale, AttentionMask{allowed_BTT},
                                        block);
 }
@@ -175,7 +211,8 @@ torch::Tensor causal_attention(const torch::Tensor& q_BHTK, const torch::Tensor&
                                const torch::Tensor& v_BHTV, double scale,
                                const torch::Tensor& allowed_BTT) {
   check_shapes(q_BHTK, k_BHTK, v_BHTV, allowed_BTT);
-  if (use_blocked_attention(q_BHTK)) {
+  if (use_blocked_attention(q_BHTK) && k_BHTK.scalar_type() == q_BHTK.scalar_type() &&
+      v_BHTV.scalar_type() == q_BHTK.scalar_type()) {
     return BlockedCausalAttention::apply(q_BHTK, k_BHTK, v_BHTV, scale, AttentionMask{allowed_BTT},
                                          kAttentionBlock);
   }

@@ -329,6 +329,59 @@ TEST(Attention, BlockCausalMatchesFormulaWithGradients) {
   }
 }
 
+// bf16 (CPU autocast): values and gradients against the fp64 formula on the same bf16-rounded
+// inputs, no further off than HF's eager recipe in bf16 (matmuls in bf16, softmax in fp32, the
+// probabilities cast back to bf16 before the value matmul), plain causal and with segments.
+TEST(Attention, BlockCausalBf16IsAsAccurateAsEagerBf16) {
+  torch::manual_seed(5);
+  const int64_t B = 2, H = 3, T = 150, K = 24, V = 16;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(K));
+  auto bf = [](const torch::Tensor& t) { return t.to(torch::kBFloat16); };
+  auto q = bf(torch::randn({B, H, T, K})), k = bf(torch::randn({B, H, T, K}));
+  auto v = bf(torch::randn({B, H, T, V})), g = bf(torch::randn({B, H, T, V}));
+  auto segments = torch::cat({torch::zeros({B, 70}), torch::ones({B, T - 70})}, 1);
+  auto segmented = causal_segment_mask(T, segments.to(torch::kInt64), torch::kCPU);
+  auto causal = causal_segment_mask(T, {}, torch::kCPU).expand({B, T, T});
+  auto eager = [&](const torch::Tensor& qi, const torch::Tensor& ki, const torch::Tensor& vi,
+                   const torch::Tensor& allowed) {
+    auto scores = torch::matmul(qi, ki.transpose(-1, -2)) * scale;
+    scores = scores.masked_fill(allowed.logical_not().unsqueeze(1),
+                                -std::numeric_limits<double>::infinity());
+    return torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(qi.scalar_type()), vi);
+  };
+  for (const bool use_segments : {false, true}) {
+    auto allowed = use_segments ? segmented : causal;
+    // 0: fp64 formula, 1: block-causal bf16, 2: eager bf16.
+    torch::Tensor outs[3];
+    std::vector<torch::Tensor> grads[3];
+    for (int path = 0; path < 3; ++path) {
+      auto dtype = path == 0 ? torch::kFloat64 : torch::kBFloat16;
+      auto leaf = [&](const torch::Tensor& t) { return t.to(dtype).clone().requires_grad_(); };
+      auto qi = leaf(q), ki = leaf(k), vi = leaf(v);
+      outs[path] = path == 0   ? attention_formula(qi, ki, vi, scale, allowed)
+                   : path == 1 ? causal_attention(qi, ki, vi, scale,
+                                                  use_segments ? segmented : torch::Tensor())
+                               : eager(qi, ki, vi, allowed);
+      EXPECT_EQ(outs[path].scalar_type(), dtype);
+      outs[path].backward(g.to(dtype));
+      grads[path] = {qi.grad(), ki.grad(), vi.grad()};
+      for (const auto& gr : grads[path]) EXPECT_EQ(gr.scalar_type(), dtype);
+    }
+    auto err = [&](const torch::Tensor& a) {
+      return max_abs_diff(a.to(torch::kFloat64), outs[0]);
+    };
+    const double ours = err(outs[1]), theirs = err(outs[2]);
+    EXPECT_LT(ours, 0.05) << "segments " << use_segments;
+    EXPECT_LE(ours, 1.5 * theirs) << "segments " << use_segments << ": eager bf16 " << theirs;
+    for (size_t i = 0; i < 3; ++i) {
+      const double gours = max_abs_diff(grads[1][i].to(torch::kFloat64), grads[0][i]);
+      const double gtheirs = max_abs_diff(grads[2][i].to(torch::kFloat64), grads[0][i]);
+      EXPECT_LE(gours, 1.5 * gtheirs) << "segments " << use_segments << " grad " << i
+                                      << ": ours " << gours << ", eager bf16 " << gtheirs;
+    }
+  }
+}
+
 // causal_attention (whichever path it takes) equals SDPA's result; the block-causal path is
 // chosen for fp32 CPU inputs of moderate size only.
 TEST(Attention, DispatchAndSdpaAgreement) {
@@ -337,7 +390,8 @@ TEST(Attention, DispatchAndSdpaAgreement) {
   auto q = torch::randn({B, H, T, K}), k = torch::randn({B, H, T, K}),
        v = torch::randn({B, H, T, V});
   EXPECT_TRUE(use_blocked_attention(q));
-  EXPECT_FALSE(use_blocked_attention(q.to(torch::kBFloat16)));
+  EXPECT_TRUE(use_blocked_attention(q.to(torch::kBFloat16)));  // CPU autocast
+  EXPECT_FALSE(use_blocked_attention(q.to(torch::kInt32)));
   EXPECT_TRUE(use_blocked_attention(torch::empty({8, 8, 512, K})));     // moe-100m training shape
   EXPECT_FALSE(use_blocked_attention(torch::empty({1, 4, 16384, K})));  // > the memory budget
   auto sdpa = at::scaled_dot_product_attention(q, k, torch::constant_pad_nd(v, {0, K - V}),

@@ -22,7 +22,8 @@ torch::Tensor causal_attention(const torch::Tensor& q_BHTK, const torch::Tensor&
 inline constexpr int64_t kAttentionBlock = 64;
 inline constexpr int64_t kBlockedAttentionMaxSavedBytes = int64_t{64} << 20;
 
-// Whether causal_attention takes the block-causal path for these inputs (exposed for tests).
+// Whether causal_attention takes the block-causal path for these inputs: CPU, fp32 / fp64 or
+// (autocast) bf16 / fp16, within the memory budget (exposed for tests).
 bool use_blocked_attention(const torch::Tensor& q_BHTK);
 
 // The block-causal path itself (any device and floating dtype; exposed for tests).
