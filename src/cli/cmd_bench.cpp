@@ -22,8 +22,8 @@
 #include "command.h"
 #include "moetron/build_config.h"
 #include "moetron/ckpt/hf_model.h"
-#include "moetron/train/autocast.h"
 #include "moetron/config/loader.h"
+#include "moetron/train/autocast.h"
 
 #include "moetron/core/env.h"
 #include "moetron/core/error.h"
@@ -134,8 +134,8 @@ int run_bench_model(const BenchModelArgs& args) {
   const double peak =
       matmul_gflops(1024, args.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
   std::cout << "roofline: " << step_gflop << " GFLOP per step; " << args.dtype
-            << " matmul 1024^3 at " << peak << " GFLOP/s -> a step needs >= "
-            << 1000 * step_gflop / peak << " ms\n";
+            << " matmul 1024^3 at " << peak
+            << " GFLOP/s -> a step needs >= " << 1000 * step_gflop / peak << " ms\n";
   std::cout << "moetron  step " << ours_ms << " ms  (" << std::setprecision(0)
             << tokens / (ours_ms / 1000) << " tokens/s, " << std::setprecision(2)
             << 3 * flops.total * tokens / (ours_ms / 1000) / 1e9 << " GFLOP/s, cpu " << ours_cpu_ms
@@ -189,8 +189,9 @@ Run setup_bench(CLI::App& app) {
   model->add_option("--threads", args->threads, "CPU threads (both sides)")->capture_default_str();
   model->add_option("--seed", args->seed, "Seed of the ids and the init")->capture_default_str();
   model->add_flag("--hf", args->hf, "Also time HF transformers on the same weights and batch");
-  model->add_option("--dtype", args->dtype,
-                    "fp32, or bf16: both sides' forward under CPU autocast (fp32 weights)")
+  model
+      ->add_option("--dtype", args->dtype,
+                   "fp32, or bf16: both sides' forward under CPU autocast (fp32 weights)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   model->add_option("--python", args->python, "Python with transformers (default: the venv)");

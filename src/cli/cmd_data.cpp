@@ -1,5 +1,5 @@
-// `moetron data make TASK --out DIR [--seed N] [generator options]`: writes a built-in task's pretraining corpus,
-// cold-start SFT data, RL prompts and held-out eval set as JSONL.
+// `moetron data make TASK --out DIR [--seed N] [generator options]`: writes a built-in task's
+// pretraining corpus, cold-start SFT data, RL prompts and held-out eval set as JSONL.
 #include <iostream>
 
 #include "command.h"
@@ -25,7 +25,8 @@ Run setup_data(CLI::App& app) {
   make->add_option("--sft", args->options.num_sft, "SFT samples")->capture_default_str();
   make->add_option("--rl", args->options.num_rl, "RL prompts")->capture_default_str();
   make->add_option("--eval", args->options.num_eval, "Held-out problems")->capture_default_str();
-  make->add_option("--max-digits", args->options.max_digits, "arithmetic: operands have 1..n digits")
+  make->add_option("--max-digits", args->options.max_digits,
+                   "arithmetic: operands have 1..n digits")
       ->capture_default_str();
   make->add_option("--ops", args->options.ops, "arithmetic: operators drawn from (of +-*)")
       ->capture_default_str();

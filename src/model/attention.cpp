@@ -90,9 +90,9 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
       }
       // Low precision: the softmax in fp32, its probabilities back in the input dtype.
       // (ATen's CPU softmax has no half-to-float mode, hence the explicit upcast.)
-      auto probs_Gne = low ? at::_softmax(scores_Gne.to(torch::kFloat32), -1, false)
-                                 .to(q_GTK.scalar_type())
-                           : at::_softmax(scores_Gne, -1, /*half_to_float=*/false);
+      auto probs_Gne =
+          low ? at::_softmax(scores_Gne.to(torch::kFloat32), -1, false).to(q_GTK.scalar_type())
+              : at::_softmax(scores_Gne, -1, /*half_to_float=*/false);
       o_GTV.narrow(1, s, n).copy_(at::bmm(probs_Gne, v_GTV.narrow(1, 0, e)));
       saved.push_back(probs_Gne);
     }
@@ -181,8 +181,8 @@ void check_shapes(const torch::Tensor& q_BHTK, const torch::Tensor& k_BHTK,
 
 bool use_blocked_attention(const torch::Tensor& q_BHTK) {
   const auto dtype = q_BHTK.scalar_type();
-  if (!q_BHTK.device().is_cpu() || (dtype != torch::kFloat32 && dtype != torch::kFloat64 &&
-                                    !is_low_precision(q_BHTK))) {
+  if (!q_BHTK.device().is_cpu() ||
+      (dtype != torch::kFloat32 && dtype != torch::kFloat64 && !is_low_precision(q_BHTK))) {
     return false;
   }
   const int64_t G = q_BHTK.size(0) * q_BHTK.size(1), T = q_BHTK.size(2);
@@ -199,10 +199,10 @@ torch::Tensor blocked_causal_attention(const torch::Tensor& q_BHTK, const torch:
                     q_BHTK.scalar_type() == torch::kFloat64 || is_low_precision(q_BHTK),
                 "blocked_causal_attention: expected fp32, fp64, bf16 or fp16, got ",
                 q_BHTK.dtype());
-  MOETRON_CHECK(k_BHTK.scalar_type() == q_BHTK.scalar_type() &&
-                    v_BHTV.scalar_type() == q_BHTK.scalar_type(),
-                "blocked_causal_attention: q, k and v must share a dtype, got ", q_BHTK.dtype(),
-                ", ", k_BHTK.dtype(), ", ", v_BHTV.dtype());
+  MOETRON_CHECK(
+      k_BHTK.scalar_type() == q_BHTK.scalar_type() && v_BHTV.scalar_type() == q_BHTK.scalar_type(),
+      "blocked_causal_attention: q, k and v must share a dtype, got ", q_BHTK.dtype(), ", ",
+      k_BHTK.dtype(), ", ", v_BHTV.dtype());
   return BlockedCausalAttention::apply(q_BHTK, k_BHTK, v_BHTV, scale, AttentionMask{allowed_BTT},
                                        block);
 }

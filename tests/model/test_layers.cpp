@@ -367,17 +367,15 @@ TEST(Attention, BlockCausalBf16IsAsAccurateAsEagerBf16) {
       grads[path] = {qi.grad(), ki.grad(), vi.grad()};
       for (const auto& gr : grads[path]) EXPECT_EQ(gr.scalar_type(), dtype);
     }
-    auto err = [&](const torch::Tensor& a) {
-      return max_abs_diff(a.to(torch::kFloat64), outs[0]);
-    };
+    auto err = [&](const torch::Tensor& a) { return max_abs_diff(a.to(torch::kFloat64), outs[0]); };
     const double ours = err(outs[1]), theirs = err(outs[2]);
     EXPECT_LT(ours, 0.05) << "segments " << use_segments;
     EXPECT_LE(ours, 1.5 * theirs) << "segments " << use_segments << ": eager bf16 " << theirs;
     for (size_t i = 0; i < 3; ++i) {
       const double gours = max_abs_diff(grads[1][i].to(torch::kFloat64), grads[0][i]);
       const double gtheirs = max_abs_diff(grads[2][i].to(torch::kFloat64), grads[0][i]);
-      EXPECT_LE(gours, 1.5 * gtheirs) << "segments " << use_segments << " grad " << i
-                                      << ": ours " << gours << ", eager bf16 " << gtheirs;
+      EXPECT_LE(gours, 1.5 * gtheirs) << "segments " << use_segments << " grad " << i << ": ours "
+                                      << gours << ", eager bf16 " << gtheirs;
     }
   }
 }
