@@ -160,7 +160,8 @@ def main():
         plot(out, "accuracy", "accuracy",
              [("train accuracy", *series(train, "accuracy"))]
              + [(k, *series(train, k)) for k in pass_keys(train)]
-             + [("eval", *series(evals, "eval_accuracy"))], "accuracy"),
+             + [("eval", *series(evals, "eval_accuracy")),
+                ("eval pass@1 (sampled)", *series(evals, "eval_pass@1"))], "accuracy"),
     ]
     made += grpo_plots(out, train)
     loads = [r for r in train if r.get("expert_load")]

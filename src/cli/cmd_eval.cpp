@@ -34,6 +34,10 @@ Run setup_eval(CLI::App& app) {
       out["correct"] = r.correct;
       out["total"] = r.total;
     }
+    if (r.samples > 0) {
+      out["pass@1"] = r.sampled_pass1;
+      out["samples"] = r.samples;
+    }
     std::cout << out.dump() << "\n";
     return 0;
   };

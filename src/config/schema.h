@@ -136,6 +136,11 @@ void visit_train(T& t, V& v) {
       Info("Compute dtype; bf16 = autocast with fp32 master weights.").one_of({"fp32", "bf16"}));
   v.field("eval_every", t.eval_every, Info("Evaluate every n steps; 0 disables.").min(0));
   v.field("eval_batches", t.eval_batches, Info("Batches per evaluation.").min(1));
+  v.field("eval_samples", t.eval_samples,
+          Info("Held-out pass@1 from k sampled completions per prompt at rl.temperature, "
+               "rl.top_p and rl.top_k (DeepSeek-R1's evaluation), next to greedy accuracy; "
+               "0 = greedy only.")
+              .min(0));
   v.field("max_bad_steps", t.max_bad_steps,
           Info("Consecutive NaN/Inf steps skipped before the run stops.").min(1));
   v.field("init_from", t.init_from, Info("Checkpoint to take the initial weights from."));

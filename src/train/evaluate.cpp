@@ -1,4 +1,5 @@
-// Held-out loss and greedy-decoding accuracy; loading weights from checkpoints of any kind.
+// Held-out loss, greedy-decoding accuracy and sampled pass@1; loading weights from checkpoints of
+// any kind.
 #include "moetron/train/evaluate.h"
 
 #include <torch/torch.h>
@@ -85,6 +86,26 @@ EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& c
     }
     result.total = static_cast<int64_t>(prompts.size());
     result.accuracy = static_cast<double>(result.correct) / static_cast<double>(result.total);
+    if (cfg.train.eval_samples > 0) {
+      // R1's protocol: pass@1 = mean over prompts of (correct samples / k).
+      std::vector<std::string> texts;
+      for (const auto& p : prompts) texts.push_back(p.prompt);
+      auto sampled = sampling_options(cfg, tokenizer);
+      sampled.seed = static_cast<uint64_t>(cfg.train.seed) * 7919u + 17u;
+      const auto groups = sample_groups(model, chat, texts, cfg.train.eval_samples, sampled);
+      int64_t correct = 0;
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        for (const auto& c : groups[i].completions) {
+          correct += data::check_answer(prompts[i].task, completion_text(tokenizer, c),
+                                        prompts[i].answer)
+                         ? 1
+                         : 0;
+        }
+      }
+      result.samples = cfg.train.eval_samples;
+      result.sampled_pass1 =
+          static_cast<double>(correct) / static_cast<double>(result.total * result.samples);
+    }
   }
   if (was_training) model->train();
   return result;
@@ -96,6 +117,10 @@ nlohmann::json eval_record(int64_t step, const EvalResult& e) {
     r["eval_accuracy"] = e.accuracy;
     r["eval_correct"] = e.correct;
     r["eval_total"] = e.total;
+  }
+  if (e.samples > 0) {
+    r["eval_pass@1"] = e.sampled_pass1;
+    r["eval_samples"] = e.samples;
   }
   return r;
 }

@@ -1,6 +1,7 @@
 // The pretrain -> SFT -> GRPO pipeline over the configured stages (see pipeline.h).
 #include "moetron/train/pipeline.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -87,8 +88,12 @@ std::vector<StageResult> run_pipeline(const config::Config& cfg) {
 }
 
 std::string format_stage_table(const std::vector<StageResult>& stages) {
-  std::string text =
-      "stage      steps   loss/reward   eval loss   held-out accuracy   tokens/s   wall\n";
+  // The sampled pass@1 column appears when any stage measured it (train.eval_samples > 0).
+  int64_t samples = 0;
+  for (const auto& s : stages) samples = std::max(samples, s.result.eval.samples);
+  std::string text = "stage      steps   loss/reward   eval loss   held-out accuracy";
+  if (samples > 0) text += str_cat("   pass@1 (", samples, " samples)");
+  text += "   tokens/s   wall\n";
   for (const auto& s : stages) {
     const auto& r = s.result;
     char acc[48] = "-";
@@ -97,9 +102,16 @@ std::string format_stage_table(const std::vector<StageResult>& stages) {
                     static_cast<long>(r.eval.correct), static_cast<long>(r.eval.total));
     }
     char line[256];
-    std::snprintf(line, sizeof(line), "%-9s %6ld   %11.4f   %9.4f   %-18s  %8.0f   %6.1fs\n",
-                  s.stage.c_str(), static_cast<long>(r.steps), r.last_loss, r.eval.loss, acc,
-                  r.tokens_per_s, r.seconds);
+    std::snprintf(line, sizeof(line), "%-9s %6ld   %11.4f   %9.4f   %-18s", s.stage.c_str(),
+                  static_cast<long>(r.steps), r.last_loss, r.eval.loss, acc);
+    text += line;
+    if (samples > 0) {
+      char pass[48] = "-";
+      if (r.eval.samples > 0) std::snprintf(pass, sizeof(pass), "%5.1f%%", 100 * r.eval.sampled_pass1);
+      std::snprintf(line, sizeof(line), "   %-18s", pass);
+      text += line;
+    }
+    std::snprintf(line, sizeof(line), "  %8.0f   %6.1fs\n", r.tokens_per_s, r.seconds);
     text += line;
   }
   return text;

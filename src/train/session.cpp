@@ -167,7 +167,10 @@ void evaluate_and_save(int64_t step, const config::Config& cfg, model::DeepseekV
     log::info("eval step ", step, ": loss ", result.eval.loss,
               result.eval.total > 0
                   ? str_cat(", accuracy ", result.eval.correct, "/", result.eval.total)
-                  : std::string());
+                  : std::string(),
+              result.eval.samples > 0 ? str_cat(", pass@1 ", result.eval.sampled_pass1, " (",
+                                                result.eval.samples, " samples per prompt)")
+                                      : std::string());
   }
   if ((cfg.ckpt.save_every > 0 && step % cfg.ckpt.save_every == 0) || last) save(step);
 }

@@ -14,6 +14,7 @@
 #include "moetron/optim/schedule.h"
 #include "moetron/train/batch_tensors.h"
 #include "moetron/train/evaluate.h"
+#include "moetron/train/pipeline.h"
 #include "moetron/train/trainer.h"
 #include "train_test_util.h"
 
@@ -361,6 +362,39 @@ TEST_F(TrainerTest, EvaluateMatchesTheTrainersFinalEval) {
   EXPECT_EQ(evals[0].at("step").get<int64_t>(), 2);
   EXPECT_EQ(evals[0].at("eval_loss").get<double>(), e.loss);
   EXPECT_EQ(evals[0].at("eval_total").get<int64_t>(), e.total);
+}
+
+// train.eval_samples: pass@1 over k samples per prompt, reproducible (fixed seed), recorded and
+// tabled; with top-k 1 every sample is the argmax, so it equals greedy accuracy.
+TEST_F(TrainerTest, EvaluateSampledPassAtOne) {
+  auto cfg = tiny_config(dir_, "ev_sampled",
+                         {"train.steps=2", "train.eval_batches=1", "train.eval_samples=3"});
+  const TrainResult r = train(cfg);
+  EXPECT_EQ(r.eval.samples, 3);
+  const auto evals = eval_records(dir_ + "/ev_sampled/metrics.jsonl");
+  ASSERT_EQ(evals.size(), 1u);
+  EXPECT_EQ(evals[0].at("eval_samples").get<int64_t>(), 3);
+  EXPECT_EQ(evals[0].at("eval_pass@1").get<double>(), r.eval.sampled_pass1);
+
+  torch::manual_seed(cfg.train.seed);
+  model::DeepseekV3ForCausalLM model(cfg);
+  load_model_weights(run_path("ev_sampled"), model);
+  auto tokenizer = data::load_tokenizer(cfg.data.tokenizer);
+  const EvalResult a = evaluate(model, cfg, *tokenizer), b = evaluate(model, cfg, *tokenizer);
+  EXPECT_EQ(a.sampled_pass1, b.sampled_pass1);
+  EXPECT_EQ(a.sampled_pass1, r.eval.sampled_pass1);
+  EXPECT_GE(a.sampled_pass1, 0.0);
+  EXPECT_LE(a.sampled_pass1, 1.0);
+
+  cfg.rl.top_k = 1;
+  const EvalResult argmax = evaluate(model, cfg, *tokenizer);
+  EXPECT_EQ(argmax.sampled_pass1, argmax.accuracy);
+
+  StageResult stage{"sft", r};
+  const auto table = format_stage_table({stage});
+  EXPECT_NE(table.find("pass@1 (3 samples)"), std::string::npos) << table;
+  cfg.train.eval_samples = 0;
+  EXPECT_EQ(evaluate(model, cfg, *tokenizer).samples, 0);
 }
 
 // metrics.jsonl: one record per step with the documented keys, the scheduled lr, one

@@ -20,6 +20,10 @@ struct EvalResult {
   double accuracy = 0;      // correct / total
   int64_t correct = 0;
   int64_t total = 0;  // 0 when the eval data has no answers to check
+  // train.eval_samples > 0: the fraction of k sampled completions per prompt that are correct
+  // (pass@1 estimated from k samples), over the same prompts.
+  int64_t samples = 0;  // k; 0 when not measured
+  double sampled_pass1 = 0;
 };
 
 struct EvalPrompt {
@@ -34,12 +38,15 @@ std::vector<EvalPrompt> load_eval_prompts(const config::Config& cfg, int64_t n);
 
 // Loss over train.eval_batches held-out micro-batches of the configured stage (sft-style for
 // grpo) and accuracy over train.eval_batches * train.micro_batch_size prompts (greedy, at most
-// rl.max_new_tokens new tokens). Restores the model's training mode.
+// rl.max_new_tokens new tokens); with train.eval_samples = k > 0 also pass@1 over k samples per
+// prompt (rl.* sampling, a fixed seed, so every evaluation of a run draws alike). Restores the
+// model's training mode.
 EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& cfg,
                     const data::Tokenizer& tokenizer);
 
 // The metrics-file record of an evaluation: {"step", "eval_loss", "eval_tokens"} and, when
-// answers were checked, "eval_accuracy", "eval_correct", "eval_total".
+// answers were checked, "eval_accuracy", "eval_correct", "eval_total", and with samples
+// "eval_pass@1", "eval_samples".
 nlohmann::json eval_record(int64_t step, const EvalResult& e);
 
 // Loads weights into `model` from an HF directory (config.json), a training checkpoint
