@@ -96,10 +96,10 @@ EvalResult evaluate(model::DeepseekV3ForCausalLM& model, const config::Config& c
       int64_t correct = 0;
       for (size_t i = 0; i < prompts.size(); ++i) {
         for (const auto& c : groups[i].completions) {
-          correct += data::check_answer(prompts[i].task, completion_text(tokenizer, c),
-                                        prompts[i].answer)
-                         ? 1
-                         : 0;
+          correct +=
+              data::check_answer(prompts[i].task, completion_text(tokenizer, c), prompts[i].answer)
+                  ? 1
+                  : 0;
         }
       }
       result.samples = cfg.train.eval_samples;

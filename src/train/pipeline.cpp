@@ -107,7 +107,8 @@ std::string format_stage_table(const std::vector<StageResult>& stages) {
     text += line;
     if (samples > 0) {
       char pass[48] = "-";
-      if (r.eval.samples > 0) std::snprintf(pass, sizeof(pass), "%5.1f%%", 100 * r.eval.sampled_pass1);
+      if (r.eval.samples > 0)
+        std::snprintf(pass, sizeof(pass), "%5.1f%%", 100 * r.eval.sampled_pass1);
       std::snprintf(line, sizeof(line), "   %-18s", pass);
       text += line;
     }

@@ -111,7 +111,7 @@ struct TrainConfig {
   std::string dtype = "fp32";   // fp32 | bf16 (bf16 = autocast with fp32 master weights)
   int64_t eval_every = 50;
   int64_t eval_batches = 4;
-  int64_t eval_samples = 0;  // > 0: also held-out pass@1 over this many samples per prompt
+  int64_t eval_samples = 0;   // > 0: also held-out pass@1 over this many samples per prompt
   int64_t max_bad_steps = 5;  // consecutive NaN/Inf steps before stopping
   std::string init_from;      // checkpoint to start the weights from (SFT from pretrain, ...)
 };
