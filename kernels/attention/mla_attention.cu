@@ -205,27 +205,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Args<T> a) {
         const int c = lane + 32 * jj;
         x[jj] = (c < Bn && allowed(r, c)) ? sS[r * L.lds + c] * a.scale_log2 : -INFINITY;
       }
-      const float m_old = sM[r];
-      const float m_new = fmaxf(m_old, attn::warp_max(fmaxf(x[0], x[1])));
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no key yet: exps of -inf are 0
-      float sum = 0.0f;
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {
-        const int c = lane + 32 * jj;
-        if (c < Bn) {
-          const float p = exp2f(x[jj] - m_use);
-          sP[r * L.ldp + c] = from_float<T>(p);
-          sum += p;
-        }
-      }
-      sum = attn::warp_sum(sum);
-      const float alpha = exp2f(m_old - m_use);
-      __syncwarp();
-      if (lane == 0) {
-        sL[r] = sL[r] * alpha + sum;
-        sM[r] = m_new;
-        sAlpha[r] = alpha;
-      }
+      attn::online_softmax_row(x, Bn, lane, sP + r * L.ldp, sM + r, sL + r, sAlpha + r);
     }
     __syncthreads();
     // O = diag(alpha) O + P V

@@ -69,6 +69,37 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// One row of an online (streaming) softmax over a key tile of at most 64 columns, by one warp:
+// x holds the row's scores, already scaled to log2 units, for columns lane and lane + 32 (-inf
+// where masked or past the tile). Writes P = exp2(x - m_new) for the first `cols` columns to
+// p_row and, in lane 0, updates the row's running max m and sum l, and alpha = exp2(m_old -
+// m_new), the factor the caller rescales the row's accumulator by.
+template <typename T>
+__device__ __forceinline__ void online_softmax_row(const float (&x)[2], int cols, int lane,
+                                                   T* p_row, float* m, float* l, float* alpha) {
+  const float m_old = *m;
+  const float m_new = fmaxf(m_old, warp_max(fmaxf(x[0], x[1])));
+  const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no key yet: exps of -inf are 0
+  float sum = 0.0f;
+#pragma unroll
+  for (int jj = 0; jj < 2; ++jj) {
+    const int c = lane + 32 * jj;
+    if (c < cols) {
+      const float p = exp2f(x[jj] - m_use);
+      p_row[c] = from_float<T>(p);
+      sum += p;
+    }
+  }
+  sum = warp_sum(sum);
+  const float a = exp2f(m_old - m_use);
+  __syncwarp();
+  if (lane == 0) {
+    *l = *l * a + sum;
+    *m = m_new;
+    *alpha = a;
+  }
+}
+
 // ---- tile loads -----------------------------------------------------------------------------
 
 // dst[r][c] (row stride ld) for r < rows, c < cols_pad: element c of source row r when
