@@ -27,6 +27,7 @@
 #include "moetron/optim/optimizer.h"
 #include "moetron/train/autocast.h"
 #include "moetron/train/metrics.h"
+#include "moetron/train/trainer.h"
 
 #if MOETRON_HAVE_CUDA_KERNELS
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -66,17 +67,6 @@ struct Measurement {
   }
   double min_s() const { return *std::min_element(step_s.begin(), step_s.end()); }
 };
-
-// As the trainer resolves train.device.
-torch::Device bench_device(const std::string& name) {
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda") {
-    MOETRON_CHECK_CONFIG(torch::cuda::is_available(),
-                         "train.device is 'cuda' but no CUDA device is visible; use auto or cpu");
-    return torch::kCUDA;
-  }
-  return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-}
 
 std::string kernels_text(const config::KernelsConfig& k) {
   return str_cat("gate=", k.gate, " permute=", k.permute, " grouped_gemm=", k.grouped_gemm,
@@ -221,7 +211,7 @@ int run_bench_train(const BenchTrainArgs& args) {
   MOETRON_CHECK_CONFIG(args.compare.empty() || args.compare == "kernels",
                        "bench train: --compare takes 'kernels', got '", args.compare, "'");
   const config::Config cfg = config::load_file(args.config->path, args.config->overrides);
-  const torch::Device device = bench_device(cfg.train.device);
+  const torch::Device device = train::resolve_device(cfg.train.device);
   if (!device.is_cuda()) {
     const auto& k = cfg.kernels;
     for (const auto& [key, value] : {std::pair<const char*, const std::string&>{"gate", k.gate},

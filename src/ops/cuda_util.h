@@ -1,5 +1,6 @@
 // Private helpers of the ops that launch kernels: the no-kernels error, launch checks, the
-// current stream of a tensor's device. CUDA headers only in builds with kernels.
+// current stream of a tensor's device, the attention kernels' dtype and
+// strides. CUDA headers only in builds with kernels.
 #pragma once
 
 #include "moetron/build_config.h"
@@ -9,6 +10,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+
+#include "moetron/kernels/attention.h"
 #endif
 
 namespace moetron::ops::detail {
@@ -30,6 +33,26 @@ inline void check_launch(int err, const char* what) {
 
 inline cudaStream_t stream_of(const torch::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+// `t`, or a contiguous copy unless its last dim has unit stride (all the attention kernels need).
+inline torch::Tensor unit_last(const torch::Tensor& t) {
+  return t.stride(-1) == 1 ? t : t.contiguous();
+}
+
+// The attention kernels' element type of `t`; other dtypes are a config error naming `key`.
+inline kernels::AttnDType attn_dtype(const torch::Tensor& t, const char* key) {
+  switch (t.scalar_type()) {
+    case torch::kFloat32:
+      return kernels::AttnDType::kFloat32;
+    case torch::kBFloat16:
+      return kernels::AttnDType::kBFloat16;
+    case torch::kFloat16:
+      return kernels::AttnDType::kFloat16;
+    default:
+      throw Error(ErrorKind::kConfig, str_cat(key, ": cuda runs fp32, bf16 and fp16, got ",
+                                              t.dtype(), "; use reference"));
+  }
 }
 #endif
 

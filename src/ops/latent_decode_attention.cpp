@@ -33,26 +33,6 @@ torch::Tensor reference(const torch::Tensor& q_lat_BTHC, const torch::Tensor& q_
   return torch::einsum("bhts,bsc->bthc", {p_BHTS, c_kv_BSC});
 }
 
-#if MOETRON_HAVE_CUDA_KERNELS
-kernels::AttnDType kernel_dtype(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat32:
-      return kernels::AttnDType::kFloat32;
-    case torch::kBFloat16:
-      return kernels::AttnDType::kBFloat16;
-    case torch::kFloat16:
-      return kernels::AttnDType::kFloat16;
-    default:
-      throw Error(ErrorKind::kConfig, str_cat(kKey, ": cuda runs fp32, bf16 and fp16, got ",
-                                              t.dtype(), "; use reference"));
-  }
-}
-
-torch::Tensor unit_last(const torch::Tensor& t) {
-  return t.stride(-1) == 1 ? t : t.contiguous();
-}
-#endif
-
 torch::Tensor cuda(const torch::Tensor& q_lat_in, const torch::Tensor& q_pe_in,
                    const torch::Tensor& c_kv_in, const torch::Tensor& k_pe_in,
                    const torch::Tensor& allowed_in, double scale, int num_splits) {
@@ -64,14 +44,14 @@ torch::Tensor cuda(const torch::Tensor& q_lat_in, const torch::Tensor& q_pe_in,
   const int64_t C = q_lat_in.size(3), P = q_pe_in.size(3);
   check_cuda_latent_decode_supports(C, P);
   const c10::cuda::CUDAGuard guard(q_lat_in.device());
-  auto q_lat = unit_last(q_lat_in), q_pe = unit_last(q_pe_in);
-  auto c_kv = unit_last(c_kv_in), k_pe = unit_last(k_pe_in);
+  auto q_lat = detail::unit_last(q_lat_in), q_pe = detail::unit_last(q_pe_in);
+  auto c_kv = detail::unit_last(c_kv_in), k_pe = detail::unit_last(k_pe_in);
   auto allowed =
       allowed_in.scalar_type() == torch::kBool ? allowed_in : allowed_in.to(torch::kBool);
   const int64_t B = q_lat.size(0), T = q_lat.size(1), H = q_lat.size(2), S = c_kv.size(1);
   auto z = torch::empty({B, T, H, C}, q_lat.options());
   kernels::LatentDecodeParams p;
-  p.dtype = kernel_dtype(q_lat);
+  p.dtype = detail::attn_dtype(q_lat, kKey);
   p.batch = B;
   p.q_len = T;
   p.heads = H;

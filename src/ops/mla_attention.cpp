@@ -102,28 +102,9 @@ MlaAttentionGrads backward_reference(const torch::Tensor& dout, const torch::Ten
 // ---- CUDA ------------------------------------------------------------------------------------
 
 #if MOETRON_HAVE_CUDA_KERNELS
-kernels::AttnDType kernel_dtype(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat32:
-      return kernels::AttnDType::kFloat32;
-    case torch::kBFloat16:
-      return kernels::AttnDType::kBFloat16;
-    case torch::kFloat16:
-      return kernels::AttnDType::kFloat16;
-    default:
-      throw Error(ErrorKind::kConfig, str_cat(kKey, ": cuda runs fp32, bf16 and fp16, got ",
-                                              t.dtype(), "; use reference"));
-  }
-}
-
 void check_cuda(const torch::Tensor& t, const char* what) {
   MOETRON_CHECK(t.is_cuda(), "mla_attention(cuda): ", what, " must be a CUDA tensor, got ",
                 t.device());
-}
-
-// The kernels take any strides but a unit stride in the last dim.
-torch::Tensor unit_last(const torch::Tensor& t) {
-  return t.stride(-1) == 1 ? t : t.contiguous();
 }
 
 kernels::AttnStrides strides_of(const torch::Tensor& t) {
@@ -134,7 +115,7 @@ kernels::MlaAttentionParams params_for(const torch::Tensor& q, const torch::Tens
                                        const torch::Tensor& v, double scale,
                                        const torch::Tensor& seg) {
   kernels::MlaAttentionParams p;
-  p.dtype = kernel_dtype(q);
+  p.dtype = detail::attn_dtype(q, kKey);
   p.batch = q.size(0);
   p.heads = q.size(1);
   p.tokens = q.size(2);
@@ -165,7 +146,7 @@ MlaAttentionForward forward_cuda(const torch::Tensor& q_in, const torch::Tensor&
   check_cuda(v_in, "v");
   check_cuda_mla_attention_supports(q_in.size(3), v_in.size(3));
   const c10::cuda::CUDAGuard guard(q_in.device());
-  auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
+  auto q = detail::unit_last(q_in), k = detail::unit_last(k_in), v = detail::unit_last(v_in);
   auto seg = seg_BT.defined() ? seg_BT.to(q.device(), torch::kInt64) : torch::Tensor();
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), V = v.size(3);
   MlaAttentionForward out;
@@ -194,8 +175,8 @@ MlaAttentionGrads backward_cuda(const torch::Tensor& dout_in, const torch::Tenso
   check_cuda(v_in, "v");
   check_cuda_mla_attention_supports(q_in.size(3), v_in.size(3));
   const c10::cuda::CUDAGuard guard(q_in.device());
-  auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
-  auto dout = unit_last(dout_in.to(q.scalar_type()));
+  auto q = detail::unit_last(q_in), k = detail::unit_last(k_in), v = detail::unit_last(v_in);
+  auto dout = detail::unit_last(dout_in.to(q.scalar_type()));
   auto o = o_in.to(q.scalar_type()).contiguous();
   auto lse = lse_in.to(torch::kFloat32).contiguous();
   auto seg = seg_BT.defined() ? seg_BT.to(q.device(), torch::kInt64) : torch::Tensor();

@@ -25,9 +25,6 @@
 
 namespace moetron::train {
 
-// "cpu", "cuda" (an error when none is visible) or "auto".
-torch::Device resolve_device(const std::string& name);
-
 // Adds the run's log file as a sink until destroyed.
 class LogFileGuard {
  public:

@@ -32,4 +32,8 @@ struct TrainResult {
 // consecutive non-finite steps (kRuntime, naming the step).
 TrainResult train(const config::Config& cfg, const TrainOptions& options = {});
 
+// The device train.device names: "cpu", "cuda" (a config error when none is visible) or "auto"
+// (CUDA when visible, else CPU).
+torch::Device resolve_device(const std::string& name);
+
 }  // namespace moetron::train
