@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "moetron/core/error.h"
+#include "moetron/ops/cpu_fused.h"
 
 namespace moetron::model {
 
@@ -14,10 +15,18 @@ using torch::autograd::variable_list;
 
 // The forward of the formula below with a hand-written backward: one autograd node instead of
 // seven (pow, mean, add, rsqrt, two casts, two muls), which matters for the many small norms
-// of MLA (four per layer).
+// of MLA (four per layer). On CPU (fp32 or bf16 x, fp32 weight) both directions are one fused
+// pass over the rows (ops/cpu_fused.h) that keeps x and the per-row r instead of x̂.
 struct RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_ND,
                                const torch::Tensor& weight_D, double eps) {
+    const bool fused = ops::cpu::rms_norm_supported(x_ND, weight_D);
+    ctx->saved_data["fused"] = fused;
+    if (fused) {
+      auto f = ops::cpu::rms_norm_forward(x_ND, weight_D, eps);
+      ctx->save_for_backward({x_ND, f.rstd_N, weight_D});
+      return f.y_ND;
+    }
     auto x32 = x_ND.to(torch::kFloat32);
     auto rstd_N1 = (x32 * x32).mean(-1, /*keepdim=*/true).add_(eps).rsqrt_();
     auto xhat32 = x32 * rstd_N1;
@@ -31,6 +40,10 @@ struct RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   // counts as identity for the gradient (as autograd treats it).
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     auto saved = ctx->get_saved_variables();
+    if (ctx->saved_data["fused"].toBool()) {
+      auto g = ops::cpu::rms_norm_backward(grad_outputs[0], saved[0], saved[1], saved[2]);
+      return {g.x_ND, g.weight_D, torch::Tensor()};
+    }
     const auto& xhat32 = saved[0];
     const auto& rstd_N1 = saved[1];
     const auto& weight_D = saved[2];

@@ -12,6 +12,7 @@
 
 #include "cuda_util.h"
 #include "grouped_swiglu_testing.h"
+#include "moetron/ops/cpu_fused.h"
 
 #if MOETRON_HAVE_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
@@ -139,6 +140,74 @@ void gate_up_backward_reference(const torch::Tensor& da_NI, const torch::Tensor&
     dx_nD.addmm_(db_nI, up_EID[e]);
     mm_into(dgate_EID[e], da_nI.t(), x_nD);
     mm_into(dup_EID[e], db_nI.t(), x_nD);
+  });
+}
+
+// ---- CPU fp32: the reference's matmuls with the experts in parallel ---------------------------
+
+// The experts are independent (their own rows, their own weights and weight gradients), so on CPU
+// each expert is one task on the intra-op threads: the same per-expert matmuls, single-threaded,
+// with the SwiGLU step fused in (ops/cpu_fused.h). For a small model this replaces a thread-pool
+// fork/join per matmul and ~10 dispatched views and elementwise ops per expert with one parallel
+// region per direction.
+bool cpu_parallel(const torch::Tensor& x_ND) {
+  return x_ND.device().is_cpu() && x_ND.scalar_type() == torch::kFloat32;
+}
+
+struct ExpertRows {
+  int64_t expert, start, rows;
+};
+std::vector<ExpertRows> experts_with_rows(const std::vector<int64_t>& counts, int64_t first) {
+  std::vector<ExpertRows> out;
+  for_each_expert(counts, first, [&](int64_t e, int64_t start, int64_t n) {
+    out.push_back({e, start, n});
+  });
+  return out;
+}
+
+void forward_cpu_parallel(const torch::Tensor& x_ND, const torch::Tensor& gate_EID,
+                          const torch::Tensor& up_EID, const torch::Tensor& down_EDI,
+                          const std::vector<int64_t>& counts, int64_t first,
+                          GroupedSwiGluForward& f) {
+  f.h_NI = torch::empty_like(f.a_NI);
+  const auto experts = experts_with_rows(counts, first);
+  cpu::parallel_tasks(static_cast<int64_t>(experts.size()), [&](int64_t i) {
+    const auto [e, start, n] = experts[i];
+    auto x_nD = x_ND.narrow(0, start, n);
+    auto a_nI = f.a_NI.narrow(0, start, n), b_nI = f.b_NI.narrow(0, start, n);
+    auto h_nI = f.h_NI.narrow(0, start, n);
+    mm_into(a_nI, x_nD, gate_EID[e].t());
+    mm_into(b_nI, x_nD, up_EID[e].t());
+    cpu::swiglu_forward(a_nI.data_ptr<float>(), b_nI.data_ptr<float>(), h_nI.data_ptr<float>(),
+                        h_nI.numel());
+    mm_into(f.y_ND.narrow(0, start, n), h_nI, down_EDI[e].t());
+  });
+}
+
+void backward_cpu_parallel(const torch::Tensor& dy_ND, const torch::Tensor& x_ND,
+                           const torch::Tensor& gate_EID, const torch::Tensor& up_EID,
+                           const torch::Tensor& down_EDI, const GroupedSwiGluForward& f,
+                           const std::vector<int64_t>& counts, int64_t first,
+                           GroupedSwiGluGrads& g) {
+  const auto a_NI = f.a_NI.contiguous(), b_NI = f.b_NI.contiguous(), h_NI = f.h_NI.contiguous();
+  auto dh_NI = torch::empty_like(h_NI), da_NI = torch::empty_like(h_NI);
+  auto db_NI = torch::empty_like(h_NI);
+  const auto experts = experts_with_rows(counts, first);
+  cpu::parallel_tasks(static_cast<int64_t>(experts.size()), [&](int64_t i) {
+    const auto [e, start, n] = experts[i];
+    auto dy_nD = dy_ND.narrow(0, start, n), x_nD = x_ND.narrow(0, start, n);
+    auto dh_nI = dh_NI.narrow(0, start, n), da_nI = da_NI.narrow(0, start, n);
+    auto db_nI = db_NI.narrow(0, start, n);
+    mm_into(dh_nI, dy_nD, down_EDI[e]);                           // dh = dy D_e
+    mm_into(g.down_EDI[e], dy_nD.t(), h_NI.narrow(0, start, n));  // dD_e = dyᵀ h
+    cpu::swiglu_backward(dh_nI.data_ptr<float>(), a_NI.narrow(0, start, n).data_ptr<float>(),
+                         b_NI.narrow(0, start, n).data_ptr<float>(), da_nI.data_ptr<float>(),
+                         db_nI.data_ptr<float>(), dh_nI.numel());
+    auto dx_nD = g.x_ND.narrow(0, start, n);
+    mm_into(dx_nD, da_nI, gate_EID[e]);  // dx = da G_e + db U_e
+    dx_nD.addmm_(db_nI, up_EID[e]);
+    mm_into(g.gate_EID[e], da_nI.t(), x_nD);  // dG_e = daᵀ x, dU_e = dbᵀ x
+    mm_into(g.up_EID[e], db_nI.t(), x_nD);
   });
 }
 
@@ -398,6 +467,8 @@ GroupedSwiGluForward grouped_swiglu_forward(const torch::Tensor& x_ND,
                  f.b_NI);
     f.h_NI = torch::silu(f.a_NI).mul_(f.b_NI);
     down_cuda(f.h_NI, down_EDI.contiguous(), counts, first_expert, f.y_ND);
+  } else if (cpu_parallel(x)) {
+    forward_cpu_parallel(x, gate_EID, up_EID, down_EDI, counts, first_expert, f);
   } else {
     gate_up_reference(x, gate_EID, up_EID, counts, first_expert, f.a_NI, f.b_NI);
     f.h_NI = torch::silu(f.a_NI).mul_(f.b_NI);
@@ -428,8 +499,13 @@ GroupedSwiGluGrads grouped_swiglu_backward(
   g.up_EID = torch::empty_like(up_EID, at::MemoryFormat::Contiguous);
   g.down_EDI = torch::empty_like(down_EDI, at::MemoryFormat::Contiguous);
   g.x_ND = torch::empty_like(x);
-  auto dh_NI = torch::empty_like(h_NI);
   const bool cuda = impl == Impl::kCuda;
+  if (!cuda && cpu_parallel(x)) {
+    backward_cpu_parallel(dy_ND, x, gate_EID, up_EID, down_EDI, forward, counts, first_expert, g);
+    zero_experts_without_rows(counts, first_expert, {g.gate_EID, g.up_EID, g.down_EDI});
+    return g;
+  }
+  auto dh_NI = torch::empty_like(h_NI);
 #if MOETRON_HAVE_CUDA_KERNELS
   std::optional<c10::cuda::CUDAGuard> guard;
   if (cuda) {

@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <string>
 
@@ -149,6 +151,24 @@ TEST(GroupedSwiGlu, ReferenceEqualsAutogradLoopInDouble) {
       EXPECT_EQ(got.ddown[e].abs().sum().item<double>(), 0.0) << e;
     }
   }
+}
+
+// fp32 on CPU runs the experts as parallel tasks with the SwiGLU step fused (cpu_fused.h):
+// against the fp64 loop at fp32 round-off, two threads, skewed and empty experts.
+TEST(GroupedSwiGlu, CpuParallelFp32EqualsTheLoopInDouble) {
+  const int saved = at::get_num_threads();
+  at::set_num_threads(2);
+  torch::manual_seed(11);
+  const std::vector<int64_t> counts{90, 0, 300, 17, 0, 64, 1, 200};
+  const int64_t E = 8, D = 32, I = 24, N = sum(counts);
+  const auto w = random_weights(E, D, I, torch::kFloat64);
+  auto x = torch::randn({N, D}, torch::kFloat64), g = torch::randn({N, D}, torch::kFloat64);
+  const Weights w32{w.gate.to(torch::kFloat32), w.up.to(torch::kFloat32),
+                    w.down.to(torch::kFloat32)};
+  const auto got = run_op(x.to(torch::kFloat32), w32, counts, 0, g.to(torch::kFloat32));
+  expect_close(got, autograd_loop(x, w, counts, 0, g), 2e-4, "fp32 parallel");
+  for (const int64_t e : {1, 4}) EXPECT_EQ(got.dgate[e].abs().sum().item<double>(), 0.0) << e;
+  at::set_num_threads(saved);
 }
 
 // Expert parallelism: a rank holds a slice of the experts and passes counts for its own

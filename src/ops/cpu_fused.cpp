@@ -1,0 +1,245 @@
+// Fused CPU loops (see cpu_fused.h).
+//
+// Built with -fopenmp against LibTorch's own libgomp (src/ops/CMakeLists.txt), so that
+// at::parallel_for here really runs on the intra-op threads: ATen's OpenMP backend is a header
+// template, and a translation unit compiled without OpenMP runs it serially. The row loops are
+// cloned for AVX-512, AVX2 and baseline x86-64 (GCC target_clones picks one at load time) and
+// vectorised with `omp simd`.
+#include "moetron/ops/cpu_fused.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "moetron/core/error.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MOETRON_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MOETRON_CPU_CLONES
+#endif
+
+namespace moetron::ops::cpu {
+
+namespace {
+
+// Rows per task: about 16k elements, so that small norms stay on one thread.
+int64_t row_grain(int64_t D) {
+  return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(D, 1));
+}
+
+inline float to_float(float v) {
+  return v;
+}
+inline float to_float(c10::BFloat16 v) {
+  return static_cast<float>(v);
+}
+// The value x takes after a round trip through the input dtype (HF casts x̂ back before the weight).
+inline float round_to(float v, const float*) {
+  return v;
+}
+inline float round_to(float v, const c10::BFloat16*) {
+  return static_cast<float>(c10::BFloat16(v));
+}
+template <typename T>
+inline T from_float(float v);
+template <>
+inline float from_float<float>(float v) {
+  return v;
+}
+template <>
+inline c10::BFloat16 from_float<c10::BFloat16>(float v) {
+  return c10::BFloat16(v);
+}
+
+template <typename T>
+inline void rms_forward_rows(const T* x, const float* w, float* y, float* rstd, int64_t rows,
+                             int64_t D, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * D;
+    float* yr = y + r * D;
+    float ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t d = 0; d < D; ++d) ss += to_float(xr[d]) * to_float(xr[d]);
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
+    rstd[r] = inv;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) yr[d] = w[d] * round_to(to_float(xr[d]) * inv, xr);
+  }
+}
+
+// dx = r · (g ⊙ w) − x̂ · (r · mean(g ⊙ x̂ ⊙ w)) and dw += g ⊙ x̂, the ATen formula's order.
+template <typename T>
+inline void rms_backward_rows(const float* g, const T* x, const float* rstd, const float* w, T* dx,
+                              float* dw, int64_t rows, int64_t D) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gr = g + r * D;
+    const T* xr = x + r * D;
+    T* dxr = dx + r * D;
+    const float inv = rstd[r];
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t d = 0; d < D; ++d) dot += gr[d] * (to_float(xr[d]) * inv) * w[d];
+    const float c = inv * (dot / static_cast<float>(D));
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) {
+      const float xhat = to_float(xr[d]) * inv;
+      dxr[d] = from_float<T>(gr[d] * w[d] * inv - xhat * c);
+      dw[d] += gr[d] * xhat;
+    }
+  }
+}
+
+MOETRON_CPU_CLONES
+void rms_forward_f32(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t D,
+                     float eps) {
+  rms_forward_rows(x, w, y, rstd, rows, D, eps);
+}
+MOETRON_CPU_CLONES
+void rms_forward_bf16(const c10::BFloat16* x, const float* w, float* y, float* rstd, int64_t rows,
+                      int64_t D, float eps) {
+  rms_forward_rows(x, w, y, rstd, rows, D, eps);
+}
+MOETRON_CPU_CLONES
+void rms_backward_f32(const float* g, const float* x, const float* rstd, const float* w, float* dx,
+                      float* dw, int64_t rows, int64_t D) {
+  rms_backward_rows(g, x, rstd, w, dx, dw, rows, D);
+}
+MOETRON_CPU_CLONES
+void rms_backward_bf16(const float* g, const c10::BFloat16* x, const float* rstd, const float* w,
+                       c10::BFloat16* dx, float* dw, int64_t rows, int64_t D) {
+  rms_backward_rows(g, x, rstd, w, dx, dw, rows, D);
+}
+
+// e^x for the SwiGLU loops, written so that `omp simd` vectorises it (glibc's expf has no vector
+// form outside -ffast-math): Cephes' range reduction x = n ln2 + r, |r| <= ln2 / 2, a degree-6
+// polynomial for e^r and 2^n built in the exponent bits. Relative error ~1e-7 (1-2 ulp) on
+// [-87, 88]; below that it returns 0 and above it +inf (e^88.7 is the float limit), which is what
+// the sigmoid 1 / (1 + e^-a) needs at the extremes.
+inline float exp_f32(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  const float e = p * __builtin_bit_cast(float, bits);
+  return x > 88.0f ? std::numeric_limits<float>::infinity() : (x < -87.0f ? 0.0f : e);
+}
+
+std::vector<int64_t> leading_shape(const torch::Tensor& x) {
+  auto sizes = x.sizes().vec();
+  sizes.pop_back();
+  return sizes;
+}
+
+}  // namespace
+
+bool rms_norm_supported(const torch::Tensor& x_ND, const torch::Tensor& weight_D) {
+  return x_ND.device().is_cpu() && weight_D.device().is_cpu() && x_ND.dim() >= 1 &&
+         (x_ND.scalar_type() == torch::kFloat32 || x_ND.scalar_type() == torch::kBFloat16) &&
+         weight_D.scalar_type() == torch::kFloat32 && weight_D.dim() == 1 &&
+         x_ND.size(-1) == weight_D.size(0);
+}
+
+RmsNormForward rms_norm_forward(const torch::Tensor& x_ND, const torch::Tensor& weight_D,
+                                double eps) {
+  MOETRON_CHECK(rms_norm_supported(x_ND, weight_D),
+                "cpu::rms_norm_forward: expected CPU x (fp32 or bf16) [.., D] and fp32 weight [D], "
+                "got ",
+                x_ND.sizes(), " ", x_ND.dtype(), " and ", weight_D.sizes(), " ", weight_D.dtype());
+  const auto x = x_ND.contiguous();
+  const auto w = weight_D.contiguous();
+  const int64_t D = w.size(0), N = D > 0 ? x.numel() / D : 0;
+  RmsNormForward out;
+  out.y_ND = torch::empty(x.sizes(), x.options().dtype(torch::kFloat32));
+  out.rstd_N = torch::empty(leading_shape(x), x.options().dtype(torch::kFloat32));
+  const float* wp = w.data_ptr<float>();
+  float* yp = out.y_ND.data_ptr<float>();
+  float* rp = out.rstd_N.data_ptr<float>();
+  const auto feps = static_cast<float>(eps);
+  const bool bf16 = x.scalar_type() == torch::kBFloat16;
+  at::parallel_for(0, N, row_grain(D), [&](int64_t begin, int64_t end) {
+    if (bf16) {
+      rms_forward_bf16(x.data_ptr<c10::BFloat16>() + begin * D, wp, yp + begin * D, rp + begin,
+                       end - begin, D, feps);
+    } else {
+      rms_forward_f32(x.data_ptr<float>() + begin * D, wp, yp + begin * D, rp + begin, end - begin,
+                      D, feps);
+    }
+  });
+  return out;
+}
+
+RmsNormGrads rms_norm_backward(const torch::Tensor& grad_y_ND, const torch::Tensor& x_ND,
+                               const torch::Tensor& rstd_N, const torch::Tensor& weight_D) {
+  MOETRON_CHECK(rms_norm_supported(x_ND, weight_D) && grad_y_ND.sizes() == x_ND.sizes() &&
+                    rstd_N.scalar_type() == torch::kFloat32 &&
+                    rstd_N.numel() * std::max<int64_t>(weight_D.size(0), 1) == x_ND.numel(),
+                "cpu::rms_norm_backward: expected the forward's x, rstd and weight and a gradient "
+                "of x's shape, got ",
+                grad_y_ND.sizes(), ", ", x_ND.sizes(), ", ", rstd_N.sizes(), ", ",
+                weight_D.sizes());
+  const auto g = grad_y_ND.to(torch::kFloat32).contiguous();
+  const auto x = x_ND.contiguous();
+  const auto rstd = rstd_N.contiguous();
+  const auto w = weight_D.contiguous();
+  const int64_t D = w.size(0), N = D > 0 ? x.numel() / D : 0;
+  RmsNormGrads out;
+  out.x_ND = torch::empty_like(x);
+  // One weight-gradient row per thread (summed after), so threads never share an accumulator.
+  auto partial_PD = torch::zeros({at::get_num_threads(), D}, w.options());
+  const bool bf16 = x.scalar_type() == torch::kBFloat16;
+  at::parallel_for(0, N, row_grain(D), [&](int64_t begin, int64_t end) {
+    float* dw = partial_PD.data_ptr<float>() + at::get_thread_num() * D;
+    const float* gp = g.data_ptr<float>() + begin * D;
+    const float* rp = rstd.data_ptr<float>() + begin;
+    if (bf16) {
+      rms_backward_bf16(gp, x.data_ptr<c10::BFloat16>() + begin * D, rp, w.data_ptr<float>(),
+                        out.x_ND.data_ptr<c10::BFloat16>() + begin * D, dw, end - begin, D);
+    } else {
+      rms_backward_f32(gp, x.data_ptr<float>() + begin * D, rp, w.data_ptr<float>(),
+                       out.x_ND.data_ptr<float>() + begin * D, dw, end - begin, D);
+    }
+  });
+  out.weight_D = partial_PD.size(0) == 1 ? partial_PD[0] : partial_PD.sum(0);
+  return out;
+}
+
+void parallel_tasks(int64_t n, const std::function<void(int64_t)>& task) {
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    torch::NoGradGuard no_grad;
+    for (int64_t i = begin; i < end; ++i) task(i);
+  });
+}
+
+MOETRON_CPU_CLONES
+void swiglu_forward(const float* a, const float* b, float* h, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) h[i] = a[i] / (1.0f + exp_f32(-a[i])) * b[i];
+}
+
+MOETRON_CPU_CLONES
+void swiglu_backward(const float* dh, const float* a, const float* b, float* da, float* db,
+                     int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = 1.0f / (1.0f + exp_f32(-a[i]));
+    db[i] = dh[i] * (a[i] * s);
+    da[i] = dh[i] * b[i] * (s * (1.0f + a[i] * (1.0f - s)));
+  }
+}
+
+}  // namespace moetron::ops::cpu
