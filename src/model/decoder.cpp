@@ -42,12 +42,12 @@ void DecoderLayerImpl::reset_parameters(double std) {
 }
 
 LayerOutput DecoderLayerImpl::forward(const torch::Tensor& h_BTD, const RopeAngles& rope,
-                                      const torch::Tensor& segment_ids_BT) {
+                                      const torch::Tensor& segment_ids_BT, bool balance) {
   LayerOutput out;
   auto h = h_BTD + self_attn(input_layernorm(h_BTD), rope, segment_ids_BT);
   auto x_BTD = post_attention_layernorm(h);
   if (is_moe()) {
-    auto m = moe(x_BTD);
+    auto m = moe(x_BTD, balance);
     out.h_BTD = h + m.y_BTD;
     out.counts_E = m.counts_E;
     out.balance_loss = m.balance_loss;
@@ -107,11 +107,12 @@ void MtpLayerImpl::reset_parameters(double std) {
 }
 
 LayerOutput MtpLayerImpl::forward_mtp(const torch::Tensor& h_prev_BTD, const torch::Tensor& emb_BTD,
-                                      const RopeAngles& rope, const torch::Tensor& segment_ids_BT) {
+                                      const RopeAngles& rope, const torch::Tensor& segment_ids_BT,
+                                      bool balance) {
   MOETRON_CHECK(h_prev_BTD.sizes() == emb_BTD.sizes(), "MTP: hidden ", h_prev_BTD.sizes(),
                 " and embedding ", emb_BTD.sizes(), " must have the same shape");
   auto x_BT2D = torch::cat({enorm(emb_BTD), hnorm(h_prev_BTD)}, -1);
-  return DecoderLayerImpl::forward(eh_proj(x_BT2D), rope, segment_ids_BT);
+  return DecoderLayerImpl::forward(eh_proj(x_BT2D), rope, segment_ids_BT, balance);
 }
 
 }  // namespace moetron::model

@@ -104,12 +104,12 @@ void DeepseekV3ModelImpl::reset_parameters(double std) {
 }
 
 TrunkOutput DeepseekV3ModelImpl::forward(const torch::Tensor& input_ids_BT, const RopeAngles& rope,
-                                         const torch::Tensor& segment_ids_BT) {
+                                         const torch::Tensor& segment_ids_BT, bool balance) {
   TrunkOutput out;
   out.embeds_BTD = embed_tokens(input_ids_BT);
   auto h_BTD = out.embeds_BTD;
   for (auto& layer : layer_list_) {
-    auto lo = layer(h_BTD, rope, segment_ids_BT);
+    auto lo = layer(h_BTD, rope, segment_ids_BT, balance);
     h_BTD = lo.h_BTD;
     if (lo.counts_E.defined()) out.counts.push_back(lo.counts_E);
     if (lo.balance_loss.defined()) out.balance_losses.push_back(lo.balance_loss);
@@ -245,7 +245,8 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
       position_ids_BT.defined() ? position_ids_BT : default_position_ids(B, T, device);
   auto rope = rope_.angles(positions_BT, dtype);
 
-  auto trunk = model(input_ids_BT, rope, segment_ids_BT);
+  // Balance losses only when they will be added (they are a topk and a scatter per MoE layer).
+  auto trunk = model(input_ids_BT, rope, segment_ids_BT, options.compute_balance);
   ForwardOutput out;
   out.hidden_BTD = trunk.hidden_BTD;
   const int64_t Dh = trunk.hidden_BTD.size(2);
@@ -291,7 +292,8 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
         RopeAngles rope_k{rope.cos_BTR.narrow(1, 0, Tk), rope.sin_BTR.narrow(1, 0, Tk)};
         auto seg_k = segment_ids_BT.defined() ? segment_ids_BT.narrow(1, 0, Tk) : torch::Tensor();
         auto lo =
-            layer->forward_mtp(h_prev.narrow(1, 0, Tk), emb_BTD.narrow(1, k, Tk), rope_k, seg_k);
+            layer->forward_mtp(h_prev.narrow(1, 0, Tk), emb_BTD.narrow(1, k, Tk), rope_k, seg_k,
+                               options.compute_balance);
         if (lo.counts_E.defined()) counts.push_back(lo.counts_E);
         if (lo.balance_loss.defined()) balance.push_back(lo.balance_loss);
         h_prev = lo.h_BTD;

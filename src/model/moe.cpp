@@ -10,6 +10,7 @@
 #include "moetron/core/error.h"
 #include "moetron/ops/expert_counts.h"
 #include "moetron/ops/fused_gate.h"
+#include "moetron/ops/cpu_fused.h"
 #include "moetron/ops/grouped_swiglu.h"
 #include "moetron/ops/permute.h"
 
@@ -147,8 +148,11 @@ void GateImpl::set_impl(ops::Impl impl) {
 GateOutput GateImpl::forward(const torch::Tensor& x_TD) {
   auto logits_TE =
       torch::nn::functional::linear(x_TD.to(torch::kFloat32), weight.to(torch::kFloat32));
-  if (impl_ == ops::Impl::kCuda) {
-    auto g = ops::fused_gate(logits_TE, e_score_correction_bias, gate_spec(moe_), impl_);
+  // The CUDA kernel, or on CPU (fp32, sigmoid scores) the fused node's per-token loops: the same
+  // math as route() in one op instead of ~15.
+  const auto spec = gate_spec(moe_);
+  if (impl_ == ops::Impl::kCuda || ops::cpu::gate_supported(logits_TE, spec)) {
+    auto g = ops::fused_gate(logits_TE, e_score_correction_bias, spec, impl_);
     return {g.topk_idx_TK, g.topk_weight_TK, g.scores_TE, g.counts_E};
   }
   return route(logits_TE, e_score_correction_bias, moe_);
@@ -288,7 +292,7 @@ void MoeImpl::set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher) {
   dispatcher_ = std::move(dispatcher);
 }
 
-MoeOutput MoeImpl::forward(const torch::Tensor& x_BTD) {
+MoeOutput MoeImpl::forward(const torch::Tensor& x_BTD, bool balance) {
   const int64_t B = x_BTD.size(0), T = x_BTD.size(1), D = x_BTD.size(2);
   const int64_t E = *moe_.n_routed_experts;
   auto x_TD = x_BTD.reshape({B * T, D});
@@ -311,7 +315,7 @@ MoeOutput MoeImpl::forward(const torch::Tensor& x_BTD) {
   if (!shared_experts.is_empty()) y_TD = y_TD + shared_experts(x_TD);
   out.y_BTD = y_TD.view({B, T, D});
 
-  if (moe_.aux_loss_alpha > 0 && is_training()) {
+  if (balance && moe_.aux_loss_alpha > 0 && is_training()) {
     const int64_t K = moe_.num_experts_per_tok;
     auto scores_BTE = g.scores_TE.view({B, T, E});
     // V3 counts the indicator on plain top-K of raw s (no bias, no groups; SPEC 2.4); the V2

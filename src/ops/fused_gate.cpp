@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "cuda_util.h"
+#include "moetron/ops/cpu_fused.h"
 
 #if MOETRON_HAVE_CUDA_KERNELS
 #include "moetron/kernels/routing.h"
@@ -156,7 +157,11 @@ struct SelectionBias {
 struct FusedGateFn : public torch::autograd::Function<FusedGateFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& logits_TE,
                                const SelectionBias& bias, const GateSpec& spec, Impl impl) {
-    auto out = fused_gate_forward(logits_TE, bias.bias_E, spec, impl);
+    // fp32 CPU with sigmoid scores: the reference's math one token per iteration (cpu_fused.h).
+    const bool cpu_loops = impl == Impl::kReference && cpu::gate_supported(logits_TE, spec);
+    auto out = cpu_loops ? cpu::gate_forward(logits_TE, bias.bias_E, spec)
+                         : fused_gate_forward(logits_TE, bias.bias_E, spec, impl);
+    ctx->saved_data["cpu_loops"] = cpu_loops;
     ctx->mark_non_differentiable({out.topk_idx_TK, out.counts_E});
     ctx->save_for_backward({out.scores_TE, out.topk_idx_TK});
     ctx->saved_data["scoring"] = static_cast<int64_t>(spec.scoring);
@@ -179,7 +184,9 @@ struct FusedGateFn : public torch::autograd::Function<FusedGateFn> {
     spec.topk_group = ctx->saved_data["topk_group"].toInt();
     spec.norm_topk_prob = ctx->saved_data["norm"].toBool();
     spec.routed_scaling_factor = ctx->saved_data["rsf"].toDouble();
-    auto d_logits = fused_gate_backward(grads[1], grads[2], saved[0], saved[1], spec);
+    auto d_logits = ctx->saved_data["cpu_loops"].toBool()
+                        ? cpu::gate_backward(grads[1], grads[2], saved[0], saved[1], spec)
+                        : fused_gate_backward(grads[1], grads[2], saved[0], saved[1], spec);
     return {d_logits, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };

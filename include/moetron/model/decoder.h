@@ -30,8 +30,9 @@ struct LayerOutput {
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const config::Config& cfg, int64_t layer_idx);
+  // balance = false: MoE layers skip their balance loss (ForwardOptions::compute_balance).
   LayerOutput forward(const torch::Tensor& h_BTD, const RopeAngles& rope,
-                      const torch::Tensor& segment_ids_BT = {});
+                      const torch::Tensor& segment_ids_BT = {}, bool balance = true);
   // Inference with a latent KV cache (SPEC 1.7-1.8): writes the new tokens' latent entries into
   // cache slots [start, start + T) and attends over slots [0, start + T) with the absorbed path.
   // allowed_BTS: bool [B, T, start + T].
@@ -69,7 +70,8 @@ class MtpLayerImpl : public DecoderLayerImpl {
   // emb_BTD: Emb(t_{i+k}) for the same positions. Input = eh_proj([enorm(emb) ; hnorm(h)]),
   // embedding FIRST as in the released weights (SPEC 3.1, 8.10). Returns h^k (pre-norm).
   LayerOutput forward_mtp(const torch::Tensor& h_prev_BTD, const torch::Tensor& emb_BTD,
-                          const RopeAngles& rope, const torch::Tensor& segment_ids_BT = {});
+                          const RopeAngles& rope, const torch::Tensor& segment_ids_BT = {},
+                          bool balance = true);
   void reset_parameters(double std);
   int64_t depth() const { return depth_; }
 

@@ -43,7 +43,7 @@ class DeepseekV3ModelImpl : public torch::nn::Module {
  public:
   explicit DeepseekV3ModelImpl(const config::Config& cfg);
   TrunkOutput forward(const torch::Tensor& input_ids_BT, const RopeAngles& rope,
-                      const torch::Tensor& segment_ids_BT = {});
+                      const torch::Tensor& segment_ids_BT = {}, bool balance = true);
   void reset_parameters(double std);
   DecoderLayer layer(int64_t l) const { return layer_list_.at(l); }
   int64_t num_layers() const { return static_cast<int64_t>(layer_list_.size()); }

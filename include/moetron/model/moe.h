@@ -166,13 +166,14 @@ torch::Tensor sequence_balance_loss(const torch::Tensor& scores_BTE,
 struct MoeOutput {
   torch::Tensor y_BTD;
   torch::Tensor counts_E;      // int64: selected (biased) top-K assignments per expert
-  torch::Tensor balance_loss;  // scalar fp32; undefined unless alpha > 0 and training
+  torch::Tensor balance_loss;  // scalar fp32; undefined unless alpha > 0, training and asked for
 };
 
 class MoeImpl : public torch::nn::Module {
  public:
   MoeImpl(int64_t hidden, const config::MoeConfig& moe);
-  MoeOutput forward(const torch::Tensor& x_BTD);
+  // balance = false skips the balance loss (callers that will not add it to the loss).
+  MoeOutput forward(const torch::Tensor& x_BTD, bool balance = true);
   void reset_parameters(double std);
 
   void set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher);

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <functional>
 
+#include "moetron/ops/fused_gate.h"
+
 namespace moetron::ops::cpu {
 
 // Legend: N rows, D normalised width.
@@ -43,5 +45,25 @@ void swiglu_forward(const float* a, const float* b, float* h, int64_t n);
 // db = dh ⊙ silu(a), da = dh ⊙ b ⊙ silu'(a) with silu'(a) = σ(a)(1 + a(1 − σ(a))).
 void swiglu_backward(const float* dh, const float* a, const float* b, float* da, float* db,
                      int64_t n);
+
+// ---- router (SPEC 2.2) -------------------------------------------------------------------------
+
+// Legend: T tokens, E experts, K experts per token.
+
+// Whether gate_forward / gate_backward take this router: fp32 CPU logits [T, E], sigmoid scores
+// (the V3 family; softmax scoring stays on ATen), a spec fused_gate accepts.
+bool gate_supported(const torch::Tensor& logits_TE, const GateSpec& spec);
+
+// fused_gate's forward one token per iteration: the same scores, selection, weights and counts as
+// its ATen reference (selection ties go to the lower expert index, as in the CUDA kernel; the
+// reference leaves them to torch.topk). bias_E: fp32 [E] or undefined.
+FusedGateOutput gate_forward(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
+                             const GateSpec& spec);
+
+// fused_gate_backward for the same router: d logits from d topk_weight and d scores (either may
+// be undefined; both undefined gives an undefined result).
+torch::Tensor gate_backward(const torch::Tensor& grad_weight_TK, const torch::Tensor& grad_scores_TE,
+                            const torch::Tensor& scores_TE, const torch::Tensor& topk_idx_TK,
+                            const GateSpec& spec);
 
 }  // namespace moetron::ops::cpu
