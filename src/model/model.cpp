@@ -291,9 +291,8 @@ ForwardOutput DeepseekV3ForCausalLMImpl::forward(const torch::Tensor& input_ids_
       } else {
         RopeAngles rope_k{rope.cos_BTR.narrow(1, 0, Tk), rope.sin_BTR.narrow(1, 0, Tk)};
         auto seg_k = segment_ids_BT.defined() ? segment_ids_BT.narrow(1, 0, Tk) : torch::Tensor();
-        auto lo =
-            layer->forward_mtp(h_prev.narrow(1, 0, Tk), emb_BTD.narrow(1, k, Tk), rope_k, seg_k,
-                               options.compute_balance);
+        auto lo = layer->forward_mtp(h_prev.narrow(1, 0, Tk), emb_BTD.narrow(1, k, Tk), rope_k,
+                                     seg_k, options.compute_balance);
         if (lo.counts_E.defined()) counts.push_back(lo.counts_E);
         if (lo.balance_loss.defined()) balance.push_back(lo.balance_loss);
         h_prev = lo.h_BTD;

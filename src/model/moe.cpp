@@ -8,9 +8,9 @@
 #include <torch/torch.h>
 
 #include "moetron/core/error.h"
+#include "moetron/ops/cpu_fused.h"
 #include "moetron/ops/expert_counts.h"
 #include "moetron/ops/fused_gate.h"
-#include "moetron/ops/cpu_fused.h"
 #include "moetron/ops/grouped_swiglu.h"
 #include "moetron/ops/permute.h"
 
@@ -148,10 +148,10 @@ void GateImpl::set_impl(ops::Impl impl) {
 GateOutput GateImpl::forward(const torch::Tensor& x_TD) {
   auto logits_TE =
       torch::nn::functional::linear(x_TD.to(torch::kFloat32), weight.to(torch::kFloat32));
-  // The CUDA kernel, or on CPU (fp32, sigmoid scores) the fused node's per-token loops: the same
-  // math as route() in one op instead of ~15.
+  // The CUDA kernel, or on CPU (fp32) the fused node, whose selection runs one token per
+  // iteration: route()'s outputs, bit for bit, in a few ops instead of ~15.
   const auto spec = gate_spec(moe_);
-  if (impl_ == ops::Impl::kCuda || ops::cpu::gate_supported(logits_TE, spec)) {
+  if (impl_ == ops::Impl::kCuda || ops::cpu::gate_select_supported(logits_TE)) {
     auto g = ops::fused_gate(logits_TE, e_score_correction_bias, spec, impl_);
     return {g.topk_idx_TK, g.topk_weight_TK, g.scores_TE, g.counts_E};
   }

@@ -249,15 +249,6 @@ namespace {
 bool grouped(const GateSpec& spec) {
   return spec.method != GateTopk::kGreedy && spec.n_group > 1;
 }
-// fused_gate's weight rule (noaux_tc: normalise if asked, then scale; the V2 family normalises
-// when asked and K > 1, otherwise scales).
-bool normalizes(const GateSpec& spec) {
-  return spec.method == GateTopk::kNoauxTc ? spec.norm_topk_prob
-                                           : spec.top_k > 1 && spec.norm_topk_prob;
-}
-bool scales(const GateSpec& spec) {
-  return spec.method == GateTopk::kNoauxTc || !normalizes(spec);
-}
 
 // Keeps the k largest of the values offered so far, in descending order; a value equal to a kept
 // one goes after it, so among ties the first offered (the lower index) wins.
@@ -283,16 +274,13 @@ class TopK {
   int64_t* indices_;
 };
 
-// One token: scores s, biased choice c = s + b, the kept groups, the top-k of c within them and
-// the combine weights from s. fscratch holds E + 2G + K floats, iscratch 2G indices.
-void route_token(const float* logits, const float* bias, const GateSpec& spec, int64_t E,
-                 float* scores, int64_t* idx, float* weight, float* fscratch, int64_t* iscratch) {
+// One token with scores s: biased choice c = s + b, the kept groups and the top-k of c within
+// them. fscratch holds E + 2G + K floats, iscratch 2G indices.
+void select_token(const float* scores, const float* bias, const GateSpec& spec, int64_t E,
+                  int64_t* idx, float* fscratch, int64_t* iscratch) {
   const int64_t K = spec.top_k, G = grouped(spec) ? spec.n_group : 1, S = E / G;
   float* choice = fscratch;
-  for (int64_t e = 0; e < E; ++e) {
-    scores[e] = 1.0f / (1.0f + exp_f32(-logits[e]));
-    choice[e] = bias != nullptr ? scores[e] + bias[e] : scores[e];
-  }
+  for (int64_t e = 0; e < E; ++e) choice[e] = bias != nullptr ? scores[e] + bias[e] : scores[e];
   // Groups: noaux_tc ranks them by the sum of their two best choices, group_limited_greedy by the
   // best one; topk_group of them stay.
   float* gval = fscratch + E;
@@ -323,115 +311,50 @@ void route_token(const float* logits, const float* bias, const GateSpec& spec, i
   } else {
     for (int64_t e = 0; e < E; ++e) experts.offer(choice[e], e);
   }
-  float sum = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    weight[k] = scores[idx[k]];
-    sum += weight[k];
-  }
-  if (normalizes(spec)) {
-    const float den = sum + 1e-20f;
-    for (int64_t k = 0; k < K; ++k) weight[k] = weight[k] / den;
-  }
-  if (scales(spec)) {
-    const auto rsf = static_cast<float>(spec.routed_scaling_factor);
-    for (int64_t k = 0; k < K; ++k) weight[k] = weight[k] * rsf;
-  }
 }
 
 }  // namespace
 
-bool gate_supported(const torch::Tensor& logits_TE, const GateSpec& spec) {
-  return logits_TE.device().is_cpu() && logits_TE.scalar_type() == torch::kFloat32 &&
-         logits_TE.dim() == 2 && spec.scoring == GateScoring::kSigmoid;
+bool gate_select_supported(const torch::Tensor& scores_TE) {
+  return scores_TE.device().is_cpu() && scores_TE.scalar_type() == torch::kFloat32 &&
+         scores_TE.dim() == 2;
 }
 
-FusedGateOutput gate_forward(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
-                             const GateSpec& spec) {
-  MOETRON_CHECK(gate_supported(logits_TE, spec),
-                "cpu::gate_forward: expected fp32 CPU logits [T, E] and sigmoid scoring, got ",
-                logits_TE.sizes(), " ", logits_TE.dtype(), " on ", logits_TE.device());
-  const int64_t T = logits_TE.size(0), E = logits_TE.size(1), K = spec.top_k;
+GateSelection gate_select(const torch::Tensor& scores_TE, const torch::Tensor& bias_E,
+                          const GateSpec& spec) {
+  MOETRON_CHECK(gate_select_supported(scores_TE),
+                "cpu::gate_select: expected fp32 CPU scores [T, E], got ", scores_TE.sizes(), " ",
+                scores_TE.dtype(), " on ", scores_TE.device());
+  const int64_t T = scores_TE.size(0), E = scores_TE.size(1), K = spec.top_k;
   const int64_t G = grouped(spec) ? spec.n_group : 1;
-  MOETRON_CHECK(K >= 1 && K <= E && E % G == 0 && (G == 1 || (spec.topk_group >= 1 &&
-                                                               spec.topk_group <= G &&
-                                                               K <= spec.topk_group * (E / G))),
-                "cpu::gate_forward: top_k ", K, ", n_group ", G, ", topk_group ", spec.topk_group,
+  MOETRON_CHECK(K >= 1 && K <= E && E % G == 0 &&
+                    (G == 1 || (spec.topk_group >= 1 && spec.topk_group <= G &&
+                                K <= spec.topk_group * (E / G))),
+                "cpu::gate_select: top_k ", K, ", n_group ", G, ", topk_group ", spec.topk_group,
                 " do not fit ", E, " experts");
-  const auto logits = logits_TE.contiguous();
+  const auto scores = scores_TE.contiguous();
   torch::Tensor bias;
   if (bias_E.defined()) {
-    MOETRON_CHECK(bias_E.numel() == E, "cpu::gate_forward: expected bias [", E, "], got ",
+    MOETRON_CHECK(bias_E.numel() == E, "cpu::gate_select: expected bias [", E, "], got ",
                   bias_E.sizes());
     bias = bias_E.to(torch::kCPU, torch::kFloat32).contiguous();
   }
-  FusedGateOutput out;
-  const auto f32 = logits.options();
-  out.scores_TE = torch::empty({T, E}, f32);
-  out.topk_idx_TK = torch::empty({T, K}, f32.dtype(torch::kInt64));
-  out.topk_weight_TK = torch::empty({T, K}, f32);
-  const float* lp = logits.data_ptr<float>();
+  GateSelection out;
+  out.topk_idx_TK = torch::empty({T, K}, scores.options().dtype(torch::kInt64));
+  const float* sp = scores.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* sp = out.scores_TE.data_ptr<float>();
   int64_t* ip = out.topk_idx_TK.data_ptr<int64_t>();
-  float* wp = out.topk_weight_TK.data_ptr<float>();
   at::parallel_for(0, T, row_grain(E * K), [&](int64_t begin, int64_t end) {
     std::vector<float> fscratch(E + 2 * G + K);
     std::vector<int64_t> iscratch(2 * G);
     for (int64_t t = begin; t < end; ++t) {
-      route_token(lp + t * E, bp, spec, E, sp + t * E, ip + t * K, wp + t * K, fscratch.data(),
-                  iscratch.data());
+      select_token(sp + t * E, bp, spec, E, ip + t * K, fscratch.data(), iscratch.data());
     }
   });
-  out.counts_E = torch::zeros({E}, f32.dtype(torch::kInt64));
+  out.counts_E = torch::zeros({E}, out.topk_idx_TK.options());
   int64_t* cp = out.counts_E.data_ptr<int64_t>();
   for (int64_t i = 0; i < T * K; ++i) ++cp[ip[i]];
   return out;
-}
-
-torch::Tensor gate_backward(const torch::Tensor& grad_weight_TK, const torch::Tensor& grad_scores_TE,
-                            const torch::Tensor& scores_TE, const torch::Tensor& topk_idx_TK,
-                            const GateSpec& spec) {
-  if (!grad_weight_TK.defined() && !grad_scores_TE.defined()) return torch::Tensor();
-  MOETRON_CHECK(gate_supported(scores_TE, spec) && topk_idx_TK.dim() == 2 &&
-                    topk_idx_TK.size(0) == scores_TE.size(0),
-                "cpu::gate_backward: expected the forward's fp32 CPU scores [T, E] and indices "
-                "[T, K], got ",
-                scores_TE.sizes(), " and ", topk_idx_TK.sizes());
-  const int64_t T = scores_TE.size(0), E = scores_TE.size(1), K = topk_idx_TK.size(1);
-  const auto s = scores_TE.contiguous();
-  const auto idx = topk_idx_TK.contiguous();
-  torch::Tensor dw, ds;
-  if (grad_weight_TK.defined()) dw = grad_weight_TK.to(torch::kFloat32).contiguous();
-  if (grad_scores_TE.defined()) ds = grad_scores_TE.to(torch::kFloat32).contiguous();
-  auto dlogits = torch::empty({T, E}, s.options());
-  const bool norm = normalizes(spec), scale = scales(spec);
-  const auto rsf = static_cast<float>(spec.routed_scaling_factor);
-  at::parallel_for(0, T, row_grain(E), [&](int64_t begin, int64_t end) {
-    std::vector<float> dg(K);
-    for (int64_t t = begin; t < end; ++t) {
-      const float* st = s.data_ptr<float>() + t * E;
-      const int64_t* it = idx.data_ptr<int64_t>() + t * K;
-      float* out = dlogits.data_ptr<float>() + t * E;
-      for (int64_t e = 0; e < E; ++e) out[e] = ds.defined() ? ds.data_ptr<float>()[t * E + e] : 0;
-      if (dw.defined()) {
-        // w = g / den · rsf, den = Σ_k g + 1e-20 (as fused_gate_backward, term for term).
-        const float* dwt = dw.data_ptr<float>() + t * K;
-        for (int64_t k = 0; k < K; ++k) dg[k] = scale ? dwt[k] * rsf : dwt[k];
-        if (norm) {
-          float sum = 0;
-          for (int64_t k = 0; k < K; ++k) sum += st[it[k]];
-          const float den = sum + 1e-20f;
-          float cross = 0;
-          for (int64_t k = 0; k < K; ++k) cross += -dg[k] * ((st[it[k]] / den) / den);
-          for (int64_t k = 0; k < K; ++k) dg[k] = dg[k] / den + cross;
-        }
-        for (int64_t k = 0; k < K; ++k) out[it[k]] += dg[k];
-      }
-      // σ'(x) as ATen's sigmoid_backward orders it: (ds · (1 − s)) · s.
-      for (int64_t e = 0; e < E; ++e) out[e] = out[e] * (1.0f - st[e]) * st[e];
-    }
-  });
-  return dlogits;
 }
 
 }  // namespace moetron::ops::cpu

@@ -64,6 +64,21 @@ void check_inputs(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
   }
 }
 
+torch::Tensor score(const torch::Tensor& logits_TE, const GateSpec& spec) {
+  return spec.scoring == GateScoring::kSigmoid ? torch::sigmoid(logits_TE)
+                                               : torch::softmax(logits_TE, -1);
+}
+
+// The combine weights of the chosen experts: gathered from the unbiased scores, normalised and /
+// or scaled by the rule (SPEC 2.2 steps 6-7).
+torch::Tensor combine_weights(const torch::Tensor& scores_TE, const torch::Tensor& topk_idx_TK,
+                              const GateSpec& spec) {
+  auto w_TK = scores_TE.gather(1, topk_idx_TK);
+  if (normalizes(spec)) w_TK = w_TK / (w_TK.sum(-1, true) + 1e-20);
+  if (scales(spec)) w_TK = w_TK * spec.routed_scaling_factor;
+  return w_TK;
+}
+
 // The specification: ATen ops in the order of SPEC 2.2 (and of model::route()).
 FusedGateOutput gate_reference(const torch::Tensor& logits, const torch::Tensor& bias_E,
                                const GateSpec& spec) {
@@ -72,8 +87,7 @@ FusedGateOutput gate_reference(const torch::Tensor& logits, const torch::Tensor&
   // fp32 as route(); fp64 stays fp64 so finite differences can check the backward.
   const auto dtype = logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   auto logits_TE = logits.to(dtype);
-  auto scores_TE = spec.scoring == GateScoring::kSigmoid ? torch::sigmoid(logits_TE)
-                                                         : torch::softmax(logits_TE, -1);
+  auto scores_TE = score(logits_TE, spec);
   auto choice_TE = bias_E.defined() ? scores_TE + bias_E.to(dtype) : scores_TE;
   if (grouped(spec)) {
     auto choice_TGS = choice_TE.view({T, G, E / G});
@@ -91,13 +105,25 @@ FusedGateOutput gate_reference(const torch::Tensor& logits, const torch::Tensor&
             .view({T, E});
   }
   auto topk_idx_TK = std::get<1>(choice_TE.topk(K, -1));
-  auto w_TK = scores_TE.gather(1, topk_idx_TK);
-  if (normalizes(spec)) w_TK = w_TK / (w_TK.sum(-1, true) + 1e-20);
-  if (scales(spec)) w_TK = w_TK * spec.routed_scaling_factor;
   // index_add, not bincount: no host sync on CUDA.
   auto idx_N = topk_idx_TK.reshape(-1);
   auto counts_E = torch::zeros({E}, idx_N.options()).index_add_(0, idx_N, torch::ones_like(idx_N));
-  return {topk_idx_TK, w_TK, scores_TE, counts_E};
+  return {topk_idx_TK, combine_weights(scores_TE, topk_idx_TK, spec), scores_TE, counts_E};
+}
+
+bool uses_cpu_selection(const torch::Tensor& logits_TE) {
+  return cpu::gate_select_supported(logits_TE);
+}
+
+// fp32 CPU: the reference's scores and weights, the selection one token per iteration
+// (cpu::gate_select, which equals the top-k chain above without its ~10 ops).
+FusedGateOutput gate_cpu(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
+                         const GateSpec& spec) {
+  torch::NoGradGuard no_grad;
+  auto scores_TE = score(logits_TE, spec);
+  auto sel = cpu::gate_select(scores_TE, bias_E, spec);
+  return {sel.topk_idx_TK, combine_weights(scores_TE, sel.topk_idx_TK, spec), scores_TE,
+          sel.counts_E};
 }
 
 FusedGateOutput gate_cuda(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
@@ -157,11 +183,10 @@ struct SelectionBias {
 struct FusedGateFn : public torch::autograd::Function<FusedGateFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& logits_TE,
                                const SelectionBias& bias, const GateSpec& spec, Impl impl) {
-    // fp32 CPU with sigmoid scores: the reference's math one token per iteration (cpu_fused.h).
-    const bool cpu_loops = impl == Impl::kReference && cpu::gate_supported(logits_TE, spec);
-    auto out = cpu_loops ? cpu::gate_forward(logits_TE, bias.bias_E, spec)
+    // fp32 CPU: the selection one token per iteration (gate_cpu), the same outputs.
+    const bool cpu_loops = impl == Impl::kReference && uses_cpu_selection(logits_TE);
+    auto out = cpu_loops ? gate_cpu(logits_TE, bias.bias_E, spec)
                          : fused_gate_forward(logits_TE, bias.bias_E, spec, impl);
-    ctx->saved_data["cpu_loops"] = cpu_loops;
     ctx->mark_non_differentiable({out.topk_idx_TK, out.counts_E});
     ctx->save_for_backward({out.scores_TE, out.topk_idx_TK});
     ctx->saved_data["scoring"] = static_cast<int64_t>(spec.scoring);
@@ -184,9 +209,7 @@ struct FusedGateFn : public torch::autograd::Function<FusedGateFn> {
     spec.topk_group = ctx->saved_data["topk_group"].toInt();
     spec.norm_topk_prob = ctx->saved_data["norm"].toBool();
     spec.routed_scaling_factor = ctx->saved_data["rsf"].toDouble();
-    auto d_logits = ctx->saved_data["cpu_loops"].toBool()
-                        ? cpu::gate_backward(grads[1], grads[2], saved[0], saved[1], spec)
-                        : fused_gate_backward(grads[1], grads[2], saved[0], saved[1], spec);
+    auto d_logits = fused_gate_backward(grads[1], grads[2], saved[0], saved[1], spec);
     return {d_logits, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };

@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <ATen/Parallel.h>
+
 #include "moetron/core/error.h"
 #include "moetron/model/moe.h"
+#include "moetron/ops/cpu_fused.h"
 #include "moetron/ops/fused_gate.h"
 #include "routing_inputs.h"
 
@@ -74,6 +77,37 @@ TEST(FusedGate, ReferenceEqualsRoute) {
       }
     }
   }
+}
+
+// On fp32 CPU the node selects one token per iteration, split over threads for many tokens: the
+// same indices, weights and counts as route() for every rule, and ties go to the lower index.
+TEST(FusedGate, CpuSelectionOverManyTokensEqualsRoute) {
+  const int saved = at::get_num_threads();
+  at::set_num_threads(2);
+  torch::manual_seed(7);
+  for (const auto& c : gate_cases()) {
+    const int64_t T = 2500;
+    auto [logits, bias] = tie_free_inputs(T, c.E, c.spec, c.bias);
+    auto want = model::route(logits, bias, moe_config(c.spec, c.E));
+    auto got = fused_gate(logits, bias, c.spec);
+    const auto what = describe(c.spec, T, c.E, c.bias);
+    ASSERT_TRUE(torch::equal(got.topk_idx_TK, want.topk_idx_TK)) << what;
+    EXPECT_TRUE(torch::equal(got.topk_weight_TK, want.topk_weight_TK)) << what;
+    EXPECT_TRUE(torch::equal(got.counts_E, torch::bincount(want.topk_idx_TK.reshape(-1), {}, c.E)))
+        << what;
+  }
+  at::set_num_threads(saved);
+}
+
+TEST(FusedGate, CpuSelectionTiesGoToTheLowerIndex) {
+  // Two groups of four; groups tie (sum of top two 1.0 each), experts tie inside them.
+  auto scores = torch::tensor({{0.5f, 0.5f, 0.0f, 0.0f, 0.5f, 0.5f, 0.0f, 0.0f}});
+  auto sel = cpu::gate_select(scores, {}, spec(GateTopk::kNoauxTc, GateScoring::kSigmoid, 3, 2, 1));
+  EXPECT_TRUE(torch::equal(sel.topk_idx_TK, torch::tensor({{0, 1, 2}}, torch::kInt64)))
+      << sel.topk_idx_TK;
+  sel = cpu::gate_select(scores, {}, spec(GateTopk::kGreedy, GateScoring::kSigmoid, 3, 1, 1));
+  EXPECT_TRUE(torch::equal(sel.topk_idx_TK, torch::tensor({{0, 1, 4}}, torch::kInt64)))
+      << sel.topk_idx_TK;
 }
 
 TEST(FusedGate, SpecToyCase) {  // SPEC 7.3

@@ -50,20 +50,18 @@ void swiglu_backward(const float* dh, const float* a, const float* b, float* da,
 
 // Legend: T tokens, E experts, K experts per token.
 
-// Whether gate_forward / gate_backward take this router: fp32 CPU logits [T, E], sigmoid scores
-// (the V3 family; softmax scoring stays on ATen), a spec fused_gate accepts.
-bool gate_supported(const torch::Tensor& logits_TE, const GateSpec& spec);
-
-// fused_gate's forward one token per iteration: the same scores, selection, weights and counts as
-// its ATen reference (selection ties go to the lower expert index, as in the CUDA kernel; the
-// reference leaves them to torch.topk). bias_E: fp32 [E] or undefined.
-FusedGateOutput gate_forward(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
-                             const GateSpec& spec);
-
-// fused_gate_backward for the same router: d logits from d topk_weight and d scores (either may
-// be undefined; both undefined gives an undefined result).
-torch::Tensor gate_backward(const torch::Tensor& grad_weight_TK, const torch::Tensor& grad_scores_TE,
-                            const torch::Tensor& scores_TE, const torch::Tensor& topk_idx_TK,
-                            const GateSpec& spec);
+// The expert choice of fused_gate one token per iteration, for fp32 CPU scores s [T, E] (after
+// the score function): the top_k experts by s + bias, within the topk_group best groups where
+// the rule has groups (noaux_tc ranks groups by their two best, group_limited_greedy by their
+// best), in descending order, and the assignments per expert. Equal to the ATen reference's
+// top-k chain; ties go to the lower expert index, as in the CUDA kernel (torch.topk leaves them
+// unspecified). bias_E: fp32 [E] or undefined.
+struct GateSelection {
+  torch::Tensor topk_idx_TK;  // int64 [T, K]
+  torch::Tensor counts_E;     // int64 [E]
+};
+bool gate_select_supported(const torch::Tensor& scores_TE);
+GateSelection gate_select(const torch::Tensor& scores_TE, const torch::Tensor& bias_E,
+                          const GateSpec& spec);
 
 }  // namespace moetron::ops::cpu

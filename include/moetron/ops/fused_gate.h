@@ -1,6 +1,8 @@
 // Fused router (SPEC 2.2) after the logits GEMM: scores, biased group-limited top-k, combine
 // weights and per-expert counts as one op. Reference: ATen composite (the specification, equal
-// to model::route()); CUDA: kernels/routing/fused_gate.cu. Backward: fused_gate_backward.
+// to model::route()); CUDA: kernels/routing/fused_gate.cu. Backward: fused_gate_backward. On fp32
+// CPU tensors the reference's node selects experts one token per iteration
+// (ops::cpu::gate_select) instead of its top-k chain; the outputs are the same.
 #pragma once
 
 #include <torch/types.h>
