@@ -23,6 +23,7 @@
 #include "moetron/build_config.h"
 #include "moetron/ckpt/hf_model.h"
 #include "moetron/config/loader.h"
+#include "moetron/ops/cpu_gemm.h"
 #include "moetron/train/autocast.h"
 
 #include "moetron/core/env.h"
@@ -64,14 +65,16 @@ double median(std::vector<double> v) {
 }
 
 // The dense matmul rate this process reaches at its thread count (median of 5 square GEMMs of
-// size n in `dtype`): the roofline a matmul-bound training step is measured against.
-double matmul_gflops(int64_t n, torch::ScalarType dtype) {
+// size n in `dtype`), through ATen's torch::mm or through moetron's CPU products
+// (ops::cpu::gemm, oneDNN for fp32): the roofline a matmul-bound training step is measured against.
+double matmul_gflops(int64_t n, torch::ScalarType dtype, bool ours) {
   auto a = torch::randn({n, n}).to(dtype), b = torch::randn({n, n}).to(dtype);
-  auto c = torch::mm(a, b);  // warm-up
+  auto product = [&] { return ours ? ops::cpu::gemm(a, b) : torch::mm(a, b); };
+  auto c = product();  // warm-up
   std::vector<double> rates;
   for (int i = 0; i < 5; ++i) {
     Stopwatch sw;
-    c = torch::mm(a, b);
+    c = product();
     rates.push_back(2.0 * static_cast<double>(n * n * n) / sw.seconds() / 1e9);
   }
   return median(rates);
@@ -131,10 +134,14 @@ int run_bench_model(const BenchModelArgs& args) {
   // A step is ~3x the forward FLOPs; against the dense matmul rate of this machine and thread
   // count, that bounds how fast any implementation of the same FLOPs can be.
   const double step_gflop = 3 * flops.total * tokens / 1e9;
-  const double peak =
-      matmul_gflops(1024, args.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+  // The faster of ATen's rate (what HF gets) and ours (oneDNN for fp32 CPU products).
+  const auto mm_dtype = args.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  const double aten_rate = matmul_gflops(1024, mm_dtype, false);
+  const double our_rate = matmul_gflops(1024, mm_dtype, true);
+  const double peak = std::max(aten_rate, our_rate);
   std::cout << "roofline: " << step_gflop << " GFLOP per step; " << args.dtype
-            << " matmul 1024^3 at " << peak
+            << " matmul 1024^3: ATen " << aten_rate << " GFLOP/s, moetron ("
+            << ops::cpu::gemm_backend() << ") " << our_rate
             << " GFLOP/s -> a step needs >= " << 1000 * step_gflop / peak << " ms\n";
   std::cout << "moetron  step " << ours_ms << " ms  (" << std::setprecision(0)
             << tokens / (ours_ms / 1000) << " tokens/s, " << std::setprecision(2)

@@ -92,8 +92,7 @@ MtpLayerImpl::MtpLayerImpl(const config::Config& cfg, int64_t depth)
   const double eps = cfg.model.rms_norm_eps;
   enorm = register_module("enorm", RMSNorm(D, eps));
   hnorm = register_module("hnorm", RMSNorm(D, eps));
-  eh_proj =
-      register_module("eh_proj", torch::nn::Linear(torch::nn::LinearOptions(2 * D, D).bias(false)));
+  eh_proj = register_module("eh_proj", Linear(2 * D, D));
   shared_head = register_module("shared_head", SharedHead(D, eps));
 }
 

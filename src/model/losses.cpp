@@ -1,5 +1,6 @@
 // Chunked log-probabilities / cross-entropy with a recomputing backward (see losses.h).
 #include "moetron/model/losses.h"
+#include "moetron/ops/cpu_gemm.h"
 
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -20,7 +21,7 @@ using torch::autograd::variable_list;
 // logits / temperature of one chunk in fp32 (matmul in the operands' dtype, which the caller
 // made equal).
 torch::Tensor chunk_logits(const torch::Tensor& h_nD, const torch::Tensor& w_VD, double inv_temp) {
-  auto logits = h_nD.mm(w_VD.t()).to(torch::kFloat32);
+  auto logits = ops::cpu::gemm(h_nD, w_VD.t()).to(torch::kFloat32);
   return inv_temp == 1.0 ? logits : logits * inv_temp;
 }
 
@@ -78,8 +79,12 @@ struct ChunkedLogprob : public torch::autograd::Function<ChunkedLogprob> {
       d_nV.scatter_add_(1, t_n.clamp_min(0).unsqueeze(1), g_n.unsqueeze(1));
       if (inv_temp != 1.0) d_nV.mul_(inv_temp);
       auto d = d_nV.to(h_ND.scalar_type());
-      grad_h.narrow(0, s, n).copy_(d.mm(w_VD));
-      grad_w.add_(d.t().mm(h_nD).to(torch::kFloat32));
+      ops::cpu::gemm_out(grad_h.narrow(0, s, n), d, w_VD);
+      if (d.scalar_type() == torch::kFloat32) {
+        ops::cpu::gemm_out(grad_w, d.t(), h_nD, /*accumulate=*/true);
+      } else {
+        grad_w.add_(d.t().mm(h_nD).to(torch::kFloat32));
+      }
     }
     return {grad_h, grad_w.to(w_VD.scalar_type()), torch::Tensor(), torch::Tensor(),
             torch::Tensor()};

@@ -16,8 +16,8 @@ namespace moetron::model {
 // P qk_rope_head_dim, V v_head_dim, C kv_lora_rank, Q q_lora_rank.
 
 namespace {
-torch::nn::Linear linear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+Linear linear(int64_t in, int64_t out) {
+  return Linear(in, out);
 }
 }  // namespace
 

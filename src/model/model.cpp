@@ -1,6 +1,7 @@
 // DeepSeek-V3 causal LM (SPEC 4.3): trunk, head, MTP (SPEC 3), losses, chunked log-probs,
 // config validation and initialisation.
 #include "moetron/model/model.h"
+#include "moetron/ops/cpu_gemm.h"
 
 #include <torch/torch.h>
 
@@ -125,10 +126,7 @@ DeepseekV3ForCausalLMImpl::DeepseekV3ForCausalLMImpl(const config::Config& cfg)
     : cfg_((validate_model_config(cfg), cfg)), rope_(cfg) {
   model = register_module("model", DeepseekV3Model(cfg));
   if (!cfg.model.tie_word_embeddings) {
-    lm_head = register_module(
-        "lm_head",
-        torch::nn::Linear(
-            torch::nn::LinearOptions(cfg.model.hidden_size, cfg.model.vocab_size).bias(false)));
+    lm_head = register_module("lm_head", Linear(cfg.model.hidden_size, cfg.model.vocab_size));
   }
   mtp = register_module("mtp", torch::nn::ModuleList());
   for (int64_t k = 1; k <= cfg.mtp.num_nextn_predict_layers; ++k) {
@@ -182,7 +180,7 @@ torch::Tensor DeepseekV3ForCausalLMImpl::lm_head_weight() const {
 }
 
 torch::Tensor DeepseekV3ForCausalLMImpl::logits(const torch::Tensor& hidden_BTD) {
-  return torch::nn::functional::linear(hidden_BTD, lm_head_weight());
+  return ops::cpu::linear(hidden_BTD, lm_head_weight());
 }
 
 RopeAngles DeepseekV3ForCausalLMImpl::rope_angles(const torch::Tensor& position_ids_BT,

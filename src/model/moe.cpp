@@ -9,6 +9,7 @@
 
 #include "moetron/core/error.h"
 #include "moetron/ops/cpu_fused.h"
+#include "moetron/ops/cpu_gemm.h"
 #include "moetron/ops/expert_counts.h"
 #include "moetron/ops/fused_gate.h"
 #include "moetron/ops/grouped_swiglu.h"
@@ -20,8 +21,8 @@ namespace moetron::model {
 // experts, K experts per token, G groups, N routed rows (token copies sent to experts).
 
 namespace {
-torch::nn::Linear linear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+Linear linear(int64_t in, int64_t out) {
+  return Linear(in, out);
 }
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 }  // namespace
@@ -146,8 +147,7 @@ void GateImpl::set_impl(ops::Impl impl) {
 }
 
 GateOutput GateImpl::forward(const torch::Tensor& x_TD) {
-  auto logits_TE =
-      torch::nn::functional::linear(x_TD.to(torch::kFloat32), weight.to(torch::kFloat32));
+  auto logits_TE = ops::cpu::linear(x_TD.to(torch::kFloat32), weight.to(torch::kFloat32));
   // The CUDA kernel, or on CPU (fp32) the fused node, whose selection runs one token per
   // iteration: route()'s outputs, bit for bit, in a few ops instead of ~15.
   const auto spec = gate_spec(moe_);

@@ -13,6 +13,7 @@
 #include "cuda_util.h"
 #include "grouped_swiglu_testing.h"
 #include "moetron/ops/cpu_fused.h"
+#include "moetron/ops/cpu_gemm.h"
 
 #if MOETRON_HAVE_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
@@ -93,9 +94,10 @@ void zero_experts_without_rows(const std::vector<int64_t>& counts, int64_t first
 
 // ---- reference: one matmul per expert and projection ------------------------------------------
 
-// out = a · b, written into `out` (a view into a larger buffer; out= needs an lvalue).
-void mm_into(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b) {
-  at::mm_out(out, a, b);
+// out = a · b, written into `out` (a view into a larger buffer). fp32 CPU products large enough
+// go through oneDNN (ops/cpu_gemm.h).
+void mm_into(const torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b) {
+  cpu::gemm_out(out, a, b);
 }
 
 void gate_up_reference(const torch::Tensor& x_ND, const torch::Tensor& gate_EID,
@@ -205,7 +207,7 @@ void backward_cpu_parallel(const torch::Tensor& dy_ND, const torch::Tensor& x_ND
                          db_nI.data_ptr<float>(), dh_nI.numel());
     auto dx_nD = g.x_ND.narrow(0, start, n);
     mm_into(dx_nD, da_nI, gate_EID[e]);  // dx = da G_e + db U_e
-    dx_nD.addmm_(db_nI, up_EID[e]);
+    cpu::gemm_out(dx_nD, db_nI, up_EID[e], /*accumulate=*/true);
     mm_into(g.gate_EID[e], da_nI.t(), x_nD);  // dG_e = daᵀ x, dU_e = dbᵀ x
     mm_into(g.up_EID[e], db_nI.t(), x_nD);
   });

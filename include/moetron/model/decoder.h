@@ -6,6 +6,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
+#include "moetron/model/linear.h"
 
 #include "moetron/config/config.h"
 #include "moetron/model/mla.h"
@@ -77,7 +78,7 @@ class MtpLayerImpl : public DecoderLayerImpl {
 
   RMSNorm enorm{nullptr};
   RMSNorm hnorm{nullptr};
-  torch::nn::Linear eh_proj{nullptr};  // [D, 2D]
+  Linear eh_proj{nullptr};  // [D, 2D]
   SharedHead shared_head{nullptr};
 
  private:

@@ -7,6 +7,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
+#include "moetron/model/linear.h"
 
 #include "moetron/config/config.h"
 #include "moetron/model/rms_norm.h"
@@ -68,14 +69,14 @@ class MlaAttentionImpl : public torch::nn::Module {
   ops::Impl decode_attention_impl() const { return decode_impl_; }
 
   // HF names; exactly one of q_proj / (q_a_proj, q_a_layernorm, q_b_proj) is set.
-  torch::nn::Linear q_proj{nullptr};
-  torch::nn::Linear q_a_proj{nullptr};
+  Linear q_proj{nullptr};
+  Linear q_a_proj{nullptr};
   RMSNorm q_a_layernorm{nullptr};
-  torch::nn::Linear q_b_proj{nullptr};
-  torch::nn::Linear kv_a_proj_with_mqa{nullptr};
+  Linear q_b_proj{nullptr};
+  Linear kv_a_proj_with_mqa{nullptr};
   RMSNorm kv_a_layernorm{nullptr};
-  torch::nn::Linear kv_b_proj{nullptr};
-  torch::nn::Linear o_proj{nullptr};
+  Linear kv_b_proj{nullptr};
+  Linear o_proj{nullptr};
 
  private:
   // q split per head into its no-RoPE part and its rotated RoPE part.

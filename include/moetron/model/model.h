@@ -4,6 +4,7 @@
 
 #include <string>
 #include <vector>
+#include "moetron/model/linear.h"
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -137,7 +138,7 @@ class DeepseekV3ForCausalLMImpl : public torch::nn::Module {
   torch::Tensor lm_head_weight() const;                            // [V, D]
 
   DeepseekV3Model model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // empty when tie_word_embeddings
+  Linear lm_head{nullptr};             // empty when tie_word_embeddings
   torch::nn::ModuleList mtp{nullptr};  // our names "mtp.{k}.*"; HF "model.layers.{L+k}.*"
 
  private:

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <vector>
+#include "moetron/model/linear.h"
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
@@ -27,7 +28,7 @@ class MlpImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x_ND);
   void reset_parameters(double std);
 
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(Mlp);
 
