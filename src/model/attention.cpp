@@ -22,6 +22,7 @@
 #include <torch/torch.h>
 
 #include "moetron/core/error.h"
+#include "moetron/ops/cpu_fused.h"
 
 namespace moetron::model {
 
@@ -64,6 +65,16 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
     auto q_GTK = q_BHTK.contiguous().view({G, T, K});
     auto k_GTK = k_BHTK.contiguous().view({G, T, K});
     auto v_GTV = v_BHTV.contiguous().view({G, T, V});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["block"] = block;
+    // fp32: the fused kernel (ops/cpu_fused.h), exact causal rows instead of blocks.
+    const bool fused = ops::cpu::causal_attention_supported(q_GTK, k_GTK, v_GTV);
+    ctx->saved_data["fused"] = fused;
+    if (fused) {
+      auto f = ops::cpu::causal_attention_forward(q_GTK, k_GTK, v_GTV, scale, mask.allowed_BTT);
+      ctx->save_for_backward({q_GTK, k_GTK, v_GTV, f.o_GTV, f.probs});
+      return f.o_GTV.view({B, H, T, V});
+    }
     auto o_BHTV = torch::empty({B, H, T, V}, v_BHTV.options());
     auto o_GTV = o_BHTV.view({G, T, V});
     // Column j > row i inside the block's diagonal square (its top-left n x n for short blocks).
@@ -97,8 +108,6 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
       saved.push_back(probs_Gne);
     }
     ctx->save_for_backward(saved);
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["block"] = block;
     return o_BHTV;
   }
 
@@ -114,6 +123,18 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
     const double scale = ctx->saved_data["scale"].toDouble();
     const int64_t block = ctx->saved_data["block"].toInt();
     const int64_t G = q_GTK.size(0), T = q_GTK.size(1), V = v_GTV.size(2);
+    if (ctx->saved_data["fused"].toBool()) {
+      const auto& q_shape = grad_outputs[0].sizes();
+      const int64_t B = q_shape[0], H = q_shape[1], K = q_GTK.size(2);
+      auto g = ops::cpu::causal_attention_backward(grad_outputs[0].reshape({G, T, V}), q_GTK, k_GTK,
+                                                   v_GTV, saved[3], saved[4], scale);
+      return {g.q_GTK.view({B, H, T, K}),
+              g.k_GTK.view({B, H, T, K}),
+              g.v_GTV.view({B, H, T, V}),
+              torch::Tensor(),
+              torch::Tensor(),
+              torch::Tensor()};
+    }
 
     const auto dtype = q_GTK.scalar_type();
     const bool low = is_low_precision(q_GTK);

@@ -16,16 +16,12 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_simd.h"
 #include "moetron/core/error.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define MOETRON_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MOETRON_CPU_CLONES
-#endif
-
 namespace moetron::ops::cpu {
+
+using detail::exp_f32;
 
 namespace {
 
@@ -115,28 +111,6 @@ MOETRON_CPU_CLONES
 void rms_backward_bf16(const float* g, const c10::BFloat16* x, const float* rstd, const float* w,
                        c10::BFloat16* dx, float* dw, int64_t rows, int64_t D) {
   rms_backward_rows(g, x, rstd, w, dx, dw, rows, D);
-}
-
-// e^x for the SwiGLU loops, written so that `omp simd` vectorises it (glibc's expf has no vector
-// form outside -ffast-math): Cephes' range reduction x = n ln2 + r, |r| <= ln2 / 2, a degree-6
-// polynomial for e^r and 2^n built in the exponent bits. Relative error ~1e-7 (1-2 ulp) on
-// [-87, 88]; below that it returns 0 and above it +inf (e^88.7 is the float limit), which is what
-// the sigmoid 1 / (1 + e^-a) needs at the extremes.
-inline float exp_f32(float x) {
-  const float xc = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  float r = xc - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  const float e = p * __builtin_bit_cast(float, bits);
-  return x > 88.0f ? std::numeric_limits<float>::infinity() : (x < -87.0f ? 0.0f : e);
 }
 
 std::vector<int64_t> leading_shape(const torch::Tensor& x) {

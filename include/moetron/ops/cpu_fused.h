@@ -64,4 +64,35 @@ bool gate_select_supported(const torch::Tensor& scores_TE);
 GateSelection gate_select(const torch::Tensor& scores_TE, const torch::Tensor& bias_E,
                           const GateSpec& spec);
 
+// ---- causal attention (fp32)
+// ---------------------------------------------------------------------
+
+// Legend: G = B·H heads, T tokens, K q/k head width, V value head width.
+
+// softmax(scale · q kᵀ) v over the causal pairs (and where allowed_BTT, bool [B, T, T], permits;
+// the H = G / B heads of a sequence share its rows), one head per task, each query row seeing
+// exactly keys [0, t]: no masked work. q, k [G, T, K] and v [G, T, V], fp32 CPU. The softmax
+// probabilities are kept for backward in one buffer: row t of head g holds its t + 1 entries from
+// g·T(T+1)/2 + t(t+1)/2. Every row must be allowed to attend to at least one key.
+bool causal_attention_supported(const torch::Tensor& q_GTK, const torch::Tensor& k_GTK,
+                                const torch::Tensor& v_GTV);
+struct CausalAttentionForward {
+  torch::Tensor o_GTV;  // [G, T, V]
+  torch::Tensor probs;  // [G · T(T+1)/2]
+};
+CausalAttentionForward causal_attention_forward(const torch::Tensor& q_GTK,
+                                                const torch::Tensor& k_GTK,
+                                                const torch::Tensor& v_GTV, double scale,
+                                                const torch::Tensor& allowed_BTT = {});
+struct CausalAttentionGrads {
+  torch::Tensor q_GTK, k_GTK, v_GTV;
+};
+// dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O)), dQ = scale · dS K, dK = scale · dSᵀ Q.
+CausalAttentionGrads causal_attention_backward(const torch::Tensor& grad_o_GTV,
+                                               const torch::Tensor& q_GTK,
+                                               const torch::Tensor& k_GTK,
+                                               const torch::Tensor& v_GTV,
+                                               const torch::Tensor& o_GTV,
+                                               const torch::Tensor& probs, double scale);
+
 }  // namespace moetron::ops::cpu
