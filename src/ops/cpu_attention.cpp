@@ -1,13 +1,13 @@
 // Fused causal attention for fp32 CPU tensors (see cpu_fused.h).
 //
-// One head per task. Its keys are transposed once ([K][T], zero-padded to whole vectors), then
-// blocks of kRows query rows go through three register-tiled loops:
-//   block_product     the block's rows times a matrix: scores q kᵀ against keys [0, last row],
-//                     outputs P v, and in backward dP = dO vᵀ and dQ = dS k
-//   accumulate_rows   key rows += the block's weights times its rows (dK, dV)
-// Each query row only touches its causal keys [0, t]; the probabilities are kept, packed, for
-// backward (FlashAttention-2's backward without the recomputation). The loops keep kRows x 16
-// accumulators in registers and are cloned per ISA (cpu_simd.h).
+// One head per task. Forward: its keys are transposed once ([K][T], zero-padded to whole vectors),
+// then blocks of kRows query rows get their scores against exactly their causal keys [0, t], a
+// softmax with a vectorised e^x, and P · v; the probabilities are kept, packed, for backward
+// (FlashAttention-2's backward without the recomputation). Backward: query blocks give dP = dO vᵀ,
+// dS and dQ = dS k, keeping P and dS as [T][T] squares; key blocks then give dV = Pᵀ dO and
+// dK = dSᵀ q, so every gradient row is one register tile (no read-modify-write of dK and dV per
+// query block). All products are block_product: kRows x 16 accumulators in registers, cloned per
+// ISA (cpu_simd.h).
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -36,19 +36,20 @@ int64_t triangle(int64_t t) {
   return t * (t + 1) / 2;
 }  // entries of rows 0..t-1
 
-// out[r][j] = Σ_{c<C} a[r][c] · b[c][j] for r < kRows, j < n (a multiple of kLanes): a block of
-// rows times a matrix, kRows x kLanes accumulators in registers. The scores (q · kᵀ with b = kᵀ),
-// dP (dO · vᵀ), the output (P · v) and dQ (dS · k) are all this product.
+// out[r][j] = Σ_{c<C} a[r·ar + c·ac] · b[c][j] for r < kRows, j < n (a multiple of kLanes): a
+// block of rows (or, with ar = 1, of columns) times a matrix, kRows x kLanes accumulators in
+// registers. The scores (q · kᵀ with b = kᵀ), the output (P · v) and in backward dP (dO · vᵀ),
+// dQ (dS · k), dV (Pᵀ · dO) and dK (dSᵀ · q) are all this product.
 MOETRON_CPU_CLONES
-void block_product(const float* a, int64_t lda, int64_t C, const float* b, int64_t ldb, int64_t n,
-                   float* out, int64_t ldo) {
+void block_product(const float* a, int64_t ar, int64_t ac, int64_t C, const float* b, int64_t ldb,
+                   int64_t n, float* out, int64_t ldo) {
   for (int64_t jb = 0; jb < n; jb += kLanes) {
     float acc[kRows][kLanes] = {};
     for (int64_t c = 0; c < C; ++c) {
       const float* bc = b + c * ldb + jb;
 #pragma GCC unroll 8
       for (int64_t r = 0; r < kRows; ++r) {
-        const float av = a[r * lda + c];
+        const float av = a[r * ar + c * ac];
 #pragma omp simd
         for (int64_t l = 0; l < kLanes; ++l) acc[r][l] += av * bc[l];
       }
@@ -57,29 +58,6 @@ void block_product(const float* a, int64_t lda, int64_t C, const float* b, int64
     for (int64_t r = 0; r < kRows; ++r) {
 #pragma omp simd
       for (int64_t l = 0; l < kLanes; ++l) out[r * ldo + jb + l] = acc[r][l];
-    }
-  }
-}
-
-// dst[j][w] += Σ_r p[r][j] · src[r][w] for j < n, w < W (a multiple of kLanes): dK and dV, a
-// block's contribution to every key row it saw.
-MOETRON_CPU_CLONES
-void accumulate_rows(const float* p, int64_t ldp, int64_t n, const float* src, int64_t lds,
-                     int64_t W, float* dst, int64_t ldd) {
-  for (int64_t j = 0; j < n; ++j) {
-    float* d = dst + j * ldd;
-    for (int64_t wb = 0; wb < W; wb += kLanes) {
-      float acc[kLanes];
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) acc[l] = d[wb + l];
-#pragma GCC unroll 8
-      for (int64_t r = 0; r < kRows; ++r) {
-        const float pr = p[r * ldp + j];
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) acc[l] += pr * src[r * lds + wb + l];
-      }
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) d[wb + l] = acc[l];
     }
   }
 }
@@ -111,7 +89,7 @@ void softmax_row(float* s, int64_t t, int64_t n, const bool* allowed, float* kee
   std::copy(s, s + t + 1, keep);
 }
 
-// dS = P ⊙ (dP − D) over [0, t] (dP in ds on entry), P copied beside it; zeros up to n.
+// dS = P ⊙ (dP − D) over [0, t] (dP in ds on entry), P copied to p_out; both zero on (t, n).
 MOETRON_CPU_CLONES
 void softmax_grad_row(float* ds, float* p_out, const float* p, int64_t t, int64_t n, float d) {
 #pragma omp simd
@@ -210,7 +188,7 @@ CausalAttentionForward causal_attention_forward(const torch::Tensor& q_GTK,
       for (int64_t i0 = 0; i0 < s.T; i0 += kRows) {
         const int64_t rows = std::min(kRows, s.T - i0), keys = i0 + rows, n = round_up(keys);
         load_rows(qg, s.K, i0, rows, fscale, qb.data(), s.Kp);
-        block_product(qb.data(), s.Kp, s.K, kt.data(), s.Tp, n, sc.data(), s.Tp);
+        block_product(qb.data(), s.Kp, 1, s.K, kt.data(), s.Tp, n, sc.data(), s.Tp);
         for (int64_t r = 0; r < kRows; ++r) {
           float* row = sc.data() + r * s.Tp;
           if (r >= rows) {
@@ -220,7 +198,7 @@ CausalAttentionForward causal_attention_forward(const torch::Tensor& q_GTK,
           const int64_t t = i0 + r;
           softmax_row(row, t, n, mask != nullptr ? mask + t * s.T : nullptr, pg + triangle(t));
         }
-        block_product(sc.data(), s.Tp, keys, vp.data(), s.Vp, s.Vp, ob.data(), s.Vp);
+        block_product(sc.data(), s.Tp, 1, keys, vp.data(), s.Vp, s.Vp, ob.data(), s.Vp);
         for (int64_t r = 0; r < rows; ++r) {
           std::copy(ob.data() + r * s.Vp, ob.data() + r * s.Vp + s.V, og + (i0 + r) * s.V);
         }
@@ -252,55 +230,60 @@ CausalAttentionGrads causal_attention_backward(const torch::Tensor& grad_o_GTV,
   out.v_GTV = torch::empty_like(v);
   const float fscale = static_cast<float>(scale);
   at::parallel_for(0, s.G, 1, [&](int64_t g_begin, int64_t g_end) {
-    std::vector<float> vt(s.V * s.Tp), kp(s.T * s.Kp), dk(s.T * s.Kp), dv(s.T * s.Vp);
-    std::vector<float> qb(kRows * s.Kp), dob(kRows * s.Vp), ds(kRows * s.Tp), pb(kRows * s.Tp),
-        dqb(kRows * s.Kp), rowdot(s.T);
+    // Per head: v transposed, k, q and dO as zero-padded rows, and P and dS as [T][Tp] squares
+    // (rows written up to their block's vector edge, which covers every entry read below).
+    // dO and the squares get kRows spare rows: the last query block reads and writes whole blocks
+    // (dO's spare rows stay zero, the squares' are scratch that the key pass never reads).
+    std::vector<float> vt(s.V * s.Tp), kp(s.T * s.Kp), qp(s.T * s.Kp), dop((s.T + kRows) * s.Vp);
+    std::vector<float> psq((s.T + kRows) * s.Tp), dssq((s.T + kRows) * s.Tp);
+    std::vector<float> tile(kRows * std::max(s.Kp, s.Vp));
+    std::vector<float> rowdot(s.T);
     for (int64_t g = g_begin; g < g_end; ++g) {
-      const float* qg = q.data_ptr<float>() + g * s.T * s.K;
       const float* dog = dout.data_ptr<float>() + g * s.T * s.V;
       const float* og = o.data_ptr<float>() + g * s.T * s.V;
       const float* pg = p.data_ptr<float>() + g * triangle(s.T);
       transpose_rows(v.data_ptr<float>() + g * s.T * s.V, s.T, s.V, vt.data(), s.Tp);
       pad_rows(k.data_ptr<float>() + g * s.T * s.K, s.T, s.K, kp.data(), s.Kp);
-      std::fill(dk.begin(), dk.end(), 0.0f);
-      std::fill(dv.begin(), dv.end(), 0.0f);
+      pad_rows(q.data_ptr<float>() + g * s.T * s.K, s.T, s.K, qp.data(), s.Kp);
+      pad_rows(dog, s.T, s.V, dop.data(), s.Vp);
       // D_t = rowsum(dO ⊙ O) = rowsum(dP ⊙ P) in exact arithmetic.
       for (int64_t t = 0; t < s.T; ++t) {
         float d = 0;
         for (int64_t c = 0; c < s.V; ++c) d += dog[t * s.V + c] * og[t * s.V + c];
         rowdot[t] = d;
       }
+      // Query blocks: dP = dO vᵀ, dS = P ⊙ (dP − D), dQ = scale · dS k.
       float* dqg = out.q_GTK.data_ptr<float>() + g * s.T * s.K;
       for (int64_t i0 = 0; i0 < s.T; i0 += kRows) {
         const int64_t rows = std::min(kRows, s.T - i0), keys = i0 + rows, n = round_up(keys);
-        load_rows(dog, s.V, i0, rows, 1.0f, dob.data(), s.Vp);
-        block_product(dob.data(), s.Vp, s.V, vt.data(), s.Tp, n, ds.data(), s.Tp);  // dP
-        for (int64_t r = 0; r < kRows; ++r) {
-          float* dsr = ds.data() + r * s.Tp;
-          float* pr = pb.data() + r * s.Tp;
-          if (r >= rows) {
-            std::fill(dsr, dsr + n, 0.0f);
-            std::fill(pr, pr + n, 0.0f);
-            continue;
-          }
-          const int64_t t = i0 + r;
-          softmax_grad_row(dsr, pr, pg + triangle(t), t, n, rowdot[t]);
-        }
-        // dQ = scale · dS K for the block's rows.
-        block_product(ds.data(), s.Tp, keys, kp.data(), s.Kp, s.Kp, dqb.data(), s.Kp);
+        float* ds = dssq.data() + i0 * s.Tp;
+        block_product(dop.data() + i0 * s.Vp, s.Vp, 1, s.V, vt.data(), s.Tp, n, ds, s.Tp);  // dP
         for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t c = 0; c < s.K; ++c) dqg[(i0 + r) * s.K + c] = fscale * dqb[r * s.Kp + c];
+          const int64_t t = i0 + r;
+          softmax_grad_row(ds + r * s.Tp, psq.data() + t * s.Tp, pg + triangle(t), t, n, rowdot[t]);
         }
-        // dK[j] += Σ_r dS[r][j] · (scale · q_r), dV[j] += Σ_r P[r][j] · dO_r.
-        load_rows(qg, s.K, i0, rows, fscale, qb.data(), s.Kp);
-        accumulate_rows(ds.data(), s.Tp, keys, qb.data(), s.Kp, s.Kp, dk.data(), s.Kp);
-        accumulate_rows(pb.data(), s.Tp, keys, dob.data(), s.Vp, s.Vp, dv.data(), s.Vp);
+        block_product(ds, s.Tp, 1, keys, kp.data(), s.Kp, s.Kp, tile.data(), s.Kp);
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t c = 0; c < s.K; ++c) {
+            dqg[(i0 + r) * s.K + c] = fscale * tile[r * s.Kp + c];
+          }
+        }
       }
+      // Key blocks: dV = Pᵀ dO and dK = scale · dSᵀ q over the queries t >= j0 that saw them.
       float* dkg = out.k_GTK.data_ptr<float>() + g * s.T * s.K;
       float* dvg = out.v_GTV.data_ptr<float>() + g * s.T * s.V;
-      for (int64_t t = 0; t < s.T; ++t) {
-        std::copy(dk.data() + t * s.Kp, dk.data() + t * s.Kp + s.K, dkg + t * s.K);
-        std::copy(dv.data() + t * s.Vp, dv.data() + t * s.Vp + s.V, dvg + t * s.V);
+      for (int64_t j0 = 0; j0 < s.T; j0 += kRows) {
+        const int64_t cols = std::min(kRows, s.T - j0), queries = s.T - j0;
+        block_product(psq.data() + j0 * s.Tp + j0, 1, s.Tp, queries, dop.data() + j0 * s.Vp, s.Vp,
+                      s.Vp, tile.data(), s.Vp);
+        for (int64_t r = 0; r < cols; ++r) {
+          std::copy(tile.data() + r * s.Vp, tile.data() + r * s.Vp + s.V, dvg + (j0 + r) * s.V);
+        }
+        block_product(dssq.data() + j0 * s.Tp + j0, 1, s.Tp, queries, qp.data() + j0 * s.Kp, s.Kp,
+                      s.Kp, tile.data(), s.Kp);
+        for (int64_t r = 0; r < cols; ++r) {
+          for (int64_t c = 0; c < s.K; ++c) dkg[(j0 + r) * s.K + c] = fscale * tile[r * s.Kp + c];
+        }
       }
     }
   });
