@@ -15,7 +15,6 @@
 #include "moetron/core/error.h"
 #include "moetron/core/malloc_tuning.h"
 #include "moetron/core/signals.h"
-#include "moetron/ops/cpu_gemm.h"
 
 namespace moetron::cli {
 namespace {
@@ -95,7 +94,6 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   moetron::signals::install_interrupt_handlers();
   moetron::tune_malloc_for_training();  // best effort: a CPU step re-faults its pages otherwise
-  moetron::ops::cpu::limit_onednn_caches();  // before the first oneDNN product
   try {
     return moetron::cli::run(argc, argv);
   } catch (const moetron::Error& e) {

@@ -5,7 +5,6 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "moetron/core/env.h"
@@ -112,13 +111,6 @@ struct LinearFn : public torch::autograd::Function<LinearFn> {
 };
 
 }  // namespace
-
-void limit_onednn_caches(int entries) {
-  const std::string value = std::to_string(entries);
-  for (const char* name : {"ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"}) {
-    ::setenv(name, value.c_str(), /*overwrite=*/0);
-  }
-}
 
 bool onednn_gemm_enabled() {
   return backend().onednn;

@@ -31,29 +31,6 @@ TEST(CpuGemm, OneDnnIsTheBackendHere) {
   EXPECT_EQ(gemm_backend(), onednn_gemm_enabled() ? "onednn" : gemm_backend());
 }
 
-TEST(CpuGemm, CacheLimitsFillOnlyUnsetVariables) {
-  const char* names[] = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"};
-  std::string saved[2];
-  bool had[2];
-  for (int i = 0; i < 2; ++i) {
-    const char* v = std::getenv(names[i]);
-    had[i] = v != nullptr;
-    if (had[i]) saved[i] = v;
-  }
-  ::unsetenv(names[0]);
-  ::setenv(names[1], "7", 1);
-  limit_onednn_caches();
-  EXPECT_EQ(std::string(std::getenv(names[0])), std::to_string(kOnednnCacheEntries));
-  EXPECT_EQ(std::string(std::getenv(names[1])), "7");  // the user's value stays
-  for (int i = 0; i < 2; ++i) {
-    if (had[i]) {
-      ::setenv(names[i], saved[i].c_str(), 1);
-    } else {
-      ::unsetenv(names[i]);
-    }
-  }
-}
-
 TEST(CpuGemm, EveryLayoutEqualsDoubleToRoundOff) {
   torch::manual_seed(0);
   // Small (ATen) and large (oneDNN) products.

@@ -15,15 +15,6 @@
 
 namespace moetron::ops::cpu {
 
-// Bounds oneDNN's two primitive caches (oneDNN's own and ideep's in LibTorch), which default to
-// 1024 entries each. Every distinct product shape is an entry of ~1-5 MB (its JIT kernels), and
-// GRPO's varying sequence lengths and the experts' varying row counts make new shapes every step:
-// the quickstart's resident memory grew from 1.7 to 2.4 GB over 300 GRPO steps with the defaults.
-// Sets ONEDNN_PRIMITIVE_CACHE_CAPACITY and LRU_CACHE_CAPACITY to `entries` where the user has not
-// set them; call it before the first product (the caches read them once).
-inline constexpr int kOnednnCacheEntries = 64;
-void limit_onednn_caches(int entries = kOnednnCacheEntries);
-
 // Whether fp32 CPU products go to oneDNN (decided once per process).
 bool onednn_gemm_enabled();
 // "onednn" or "aten (REASON)", for logs and benchmarks.
