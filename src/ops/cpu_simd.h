@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
-// GCC target_clones: an AVX-512, an AVX2 and a baseline copy of a function, picked at load time.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// GCC target_clones: an AVX-512, an AVX2 and a baseline copy of a function, picked at load time
+// (the x86-64-v3/v4 names need GCC 12; older compilers build the baseline copy only).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
+    defined(__linux__)
 #define MOETRON_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -36,7 +39,13 @@ inline float exp_f32(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  const float e = p * __builtin_bit_cast(float, bits);
+#if defined(__clang__) || __GNUC__ >= 11
+  const float two_n = __builtin_bit_cast(float, bits);
+#else
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+#endif
+  const float e = p * two_n;
   return x > 88.0f ? std::numeric_limits<float>::infinity() : (x < -87.0f ? 0.0f : e);
 }
 
