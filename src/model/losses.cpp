@@ -1,6 +1,5 @@
 // Chunked log-probabilities / cross-entropy with a recomputing backward (see losses.h).
 #include "moetron/model/losses.h"
-#include "moetron/ops/cpu_gemm.h"
 
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -8,6 +7,7 @@
 
 #include "moetron/core/error.h"
 #include "moetron/model/model.h"
+#include "moetron/ops/cpu_gemm.h"
 
 namespace moetron::model {
 

@@ -15,11 +15,7 @@ namespace moetron::model {
 // Legend: B batch, T query tokens, S key tokens, D hidden, H heads, N qk_nope_head_dim,
 // P qk_rope_head_dim, V v_head_dim, C kv_lora_rank, Q q_lora_rank.
 
-namespace {
-Linear linear(int64_t in, int64_t out) {
-  return Linear(in, out);
-}
-}  // namespace
+namespace {}  // namespace
 
 torch::Tensor causal_segment_mask(int64_t T, const torch::Tensor& segment_ids_BT,
                                   const torch::Device& device) {
@@ -47,16 +43,16 @@ MlaAttentionImpl::MlaAttentionImpl(const config::Config& cfg)
   const int64_t D = cfg.model.hidden_size;
   if (cfg.mla.q_lora_rank) {
     const int64_t Q = *cfg.mla.q_lora_rank;
-    q_a_proj = register_module("q_a_proj", linear(D, Q));
+    q_a_proj = register_module("q_a_proj", Linear(D, Q));
     q_a_layernorm = register_module("q_a_layernorm", RMSNorm(Q, kLatentNormEps));
-    q_b_proj = register_module("q_b_proj", linear(Q, H_ * (N_ + P_)));
+    q_b_proj = register_module("q_b_proj", Linear(Q, H_ * (N_ + P_)));
   } else {
-    q_proj = register_module("q_proj", linear(D, H_ * (N_ + P_)));
+    q_proj = register_module("q_proj", Linear(D, H_ * (N_ + P_)));
   }
-  kv_a_proj_with_mqa = register_module("kv_a_proj_with_mqa", linear(D, C_ + P_));
+  kv_a_proj_with_mqa = register_module("kv_a_proj_with_mqa", Linear(D, C_ + P_));
   kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(C_, kLatentNormEps));
-  kv_b_proj = register_module("kv_b_proj", linear(C_, H_ * (N_ + V_)));
-  o_proj = register_module("o_proj", linear(H_ * V_, D));
+  kv_b_proj = register_module("kv_b_proj", Linear(C_, H_ * (N_ + V_)));
+  o_proj = register_module("o_proj", Linear(H_ * V_, D));
 }
 
 void MlaAttentionImpl::set_attention_impl(ops::Impl impl) {

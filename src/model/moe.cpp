@@ -21,18 +21,15 @@ namespace moetron::model {
 // experts, K experts per token, G groups, N routed rows (token copies sent to experts).
 
 namespace {
-Linear linear(int64_t in, int64_t out) {
-  return Linear(in, out);
-}
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 }  // namespace
 
 // ---- MLP ------------------------------------------------------------------------------------
 
 MlpImpl::MlpImpl(int64_t hidden, int64_t intermediate) {
-  gate_proj = register_module("gate_proj", linear(hidden, intermediate));
-  up_proj = register_module("up_proj", linear(hidden, intermediate));
-  down_proj = register_module("down_proj", linear(intermediate, hidden));
+  gate_proj = register_module("gate_proj", Linear(hidden, intermediate));
+  up_proj = register_module("up_proj", Linear(hidden, intermediate));
+  down_proj = register_module("down_proj", Linear(intermediate, hidden));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x_ND) {
