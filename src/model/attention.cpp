@@ -1,5 +1,9 @@
 // Causal attention for the MLA training path (see attention.h).
 //
+// On CPU, fp32 (and bf16 / fp16, upcast) runs the fused kernel of ops/cpu_fused.h: exact causal
+// rows, one head per task, register-tiled products. The block-causal path below remains for fp64
+// and is what the kernel replaced; its notes follow.
+//
 // Why a second path next to SDPA: MLA heads are narrow on the q/k side (qk_nope + qk_rope, 24
 // in the tiny config, 48 in moe-100m) and ATen's CPU flash kernel runs one small GEMM per
 // (batch, head, block) and recomputes the scores in backward. The block-causal path makes each
@@ -71,12 +75,11 @@ struct BlockedCausalAttention : public torch::autograd::Function<BlockedCausalAt
     // rows instead of blocks. For low precision it computes in fp32 and rounds the output (and
     // in backward the gradients) once, which is more accurate than bf16 products and, at MLA's
     // head widths, faster than them plus their casts.
+    // (The callers checked the shapes and that q, k and v share a dtype.)
     const bool upcast = is_low_precision(q_GTK);
     const auto f32 = [&](const torch::Tensor& t) { return upcast ? t.to(torch::kFloat32) : t; };
     const bool fused =
-        q_GTK.device().is_cpu() &&
-        ops::cpu::causal_attention_supported(f32(q_GTK.narrow(1, 0, 1)), f32(k_GTK.narrow(1, 0, 1)),
-                                             f32(v_GTV.narrow(1, 0, 1)));
+        q_GTK.device().is_cpu() && T > 0 && (upcast || q_GTK.scalar_type() == torch::kFloat32);
     ctx->saved_data["fused"] = fused;
     if (fused) {
       auto q = f32(q_GTK), k = f32(k_GTK), v = f32(v_GTV);

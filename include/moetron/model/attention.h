@@ -1,5 +1,6 @@
-// Causal softmax attention for the MLA training path: ATen SDPA, or on CPU a block-causal
-// path built from batched matmuls that is several times faster for MLA's small heads.
+// Causal softmax attention for the MLA training path: ATen SDPA, or on CPU the fused kernel of
+// ops/cpu_fused.h (fp32, and bf16 / fp16 upcast) or a block-causal path built from batched
+// matmuls (fp64), both several times faster than SDPA for MLA's small heads.
 #pragma once
 
 #include <torch/types.h>
@@ -22,11 +23,12 @@ torch::Tensor causal_attention(const torch::Tensor& q_BHTK, const torch::Tensor&
 inline constexpr int64_t kAttentionBlock = 64;
 inline constexpr int64_t kBlockedAttentionMaxSavedBytes = int64_t{64} << 20;
 
-// Whether causal_attention takes the block-causal path for these inputs: CPU, fp32 / fp64 or
-// (autocast) bf16 / fp16, within the memory budget (exposed for tests).
+// Whether causal_attention takes the CPU path (fused kernel or block-causal) for these inputs:
+// CPU, fp32 / fp64 or (autocast) bf16 / fp16, within the memory budget (exposed for tests).
 bool use_blocked_attention(const torch::Tensor& q_BHTK);
 
-// The block-causal path itself (any device and floating dtype; exposed for tests).
+// The CPU path itself (exposed for tests): on CPU fp32 / bf16 / fp16 the fused kernel (`block`
+// unused), otherwise the block-causal batched matmuls (any device and floating dtype).
 torch::Tensor blocked_causal_attention(const torch::Tensor& q_BHTK, const torch::Tensor& k_BHTK,
                                        const torch::Tensor& v_BHTV, double scale,
                                        const torch::Tensor& allowed_BTT = {},
