@@ -30,28 +30,11 @@ int64_t row_grain(int64_t D) {
   return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(D, 1));
 }
 
-inline float to_float(float v) {
-  return v;
-}
-inline float to_float(c10::BFloat16 v) {
-  return static_cast<float>(v);
-}
-// The value x takes after a round trip through the input dtype (HF casts x̂ back before the weight).
-inline float round_to(float v, const float*) {
-  return v;
-}
-inline float round_to(float v, const c10::BFloat16*) {
-  return static_cast<float>(c10::BFloat16(v));
-}
+// T is float or c10::BFloat16; static_cast converts both ways (bf16 rounds to nearest even).
+// round_to: the value x takes after a round trip through T (HF casts x̂ back before the weight).
 template <typename T>
-inline T from_float(float v);
-template <>
-inline float from_float<float>(float v) {
-  return v;
-}
-template <>
-inline c10::BFloat16 from_float<c10::BFloat16>(float v) {
-  return c10::BFloat16(v);
+inline float round_to(float v) {
+  return static_cast<float>(static_cast<T>(v));
 }
 
 template <typename T>
@@ -62,11 +45,11 @@ inline void rms_forward_rows(const T* x, const float* w, float* y, float* rstd, 
     float* yr = y + r * D;
     float ss = 0;
 #pragma omp simd reduction(+ : ss)
-    for (int64_t d = 0; d < D; ++d) ss += to_float(xr[d]) * to_float(xr[d]);
+    for (int64_t d = 0; d < D; ++d) ss += static_cast<float>(xr[d]) * static_cast<float>(xr[d]);
     const float inv = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
     rstd[r] = inv;
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) yr[d] = w[d] * round_to(to_float(xr[d]) * inv, xr);
+    for (int64_t d = 0; d < D; ++d) yr[d] = w[d] * round_to<T>(static_cast<float>(xr[d]) * inv);
   }
 }
 
@@ -81,12 +64,12 @@ inline void rms_backward_rows(const float* g, const T* x, const float* rstd, con
     const float inv = rstd[r];
     float dot = 0;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t d = 0; d < D; ++d) dot += gr[d] * (to_float(xr[d]) * inv) * w[d];
+    for (int64_t d = 0; d < D; ++d) dot += gr[d] * (static_cast<float>(xr[d]) * inv) * w[d];
     const float c = inv * (dot / static_cast<float>(D));
 #pragma omp simd
     for (int64_t d = 0; d < D; ++d) {
-      const float xhat = to_float(xr[d]) * inv;
-      dxr[d] = from_float<T>(gr[d] * w[d] * inv - xhat * c);
+      const float xhat = static_cast<float>(xr[d]) * inv;
+      dxr[d] = static_cast<T>(gr[d] * w[d] * inv - xhat * c);
       dw[d] += gr[d] * xhat;
     }
   }
@@ -220,10 +203,6 @@ void swiglu_backward(const float* dh, const float* a, const float* b, float* da,
 
 namespace {
 
-bool grouped(const GateSpec& spec) {
-  return spec.method != GateTopk::kGreedy && spec.n_group > 1;
-}
-
 // Keeps the k largest of the values offered so far, in descending order; a value equal to a kept
 // one goes after it, so among ties the first offered (the lower index) wins.
 class TopK {
@@ -252,7 +231,7 @@ class TopK {
 // them. fscratch holds E + 2G + K floats, iscratch 2G indices.
 void select_token(const float* scores, const float* bias, const GateSpec& spec, int64_t E,
                   int64_t* idx, float* fscratch, int64_t* iscratch) {
-  const int64_t K = spec.top_k, G = grouped(spec) ? spec.n_group : 1, S = E / G;
+  const int64_t K = spec.top_k, G = is_grouped(spec) ? spec.n_group : 1, S = E / G;
   float* choice = fscratch;
   for (int64_t e = 0; e < E; ++e) choice[e] = bias != nullptr ? scores[e] + bias[e] : scores[e];
   // Groups: noaux_tc ranks them by the sum of their two best choices, group_limited_greedy by the
@@ -300,7 +279,7 @@ GateSelection gate_select(const torch::Tensor& scores_TE, const torch::Tensor& b
                 "cpu::gate_select: expected fp32 CPU scores [T, E], got ", scores_TE.sizes(), " ",
                 scores_TE.dtype(), " on ", scores_TE.device());
   const int64_t T = scores_TE.size(0), E = scores_TE.size(1), K = spec.top_k;
-  const int64_t G = grouped(spec) ? spec.n_group : 1;
+  const int64_t G = is_grouped(spec) ? spec.n_group : 1;
   MOETRON_CHECK(K >= 1 && K <= E && E % G == 0 &&
                     (G == 1 || (spec.topk_group >= 1 && spec.topk_group <= G &&
                                 K <= spec.topk_group * (E / G))),

@@ -22,10 +22,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool grouped(const GateSpec& spec) {
-  return spec.method != GateTopk::kGreedy && spec.n_group > 1;
-}
-
 // route()'s weight rule: noaux_tc normalises when norm_topk_prob, then scales; the V2 family
 // normalises when norm_topk_prob and K > 1, otherwise scales (hub V2 code, SPEC 2.2).
 bool normalizes(const GateSpec& spec) {
@@ -46,7 +42,7 @@ void check_inputs(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
   MOETRON_CHECK(E >= 1, "fused_gate: no experts");
   MOETRON_CHECK(spec.top_k >= 1 && spec.top_k <= E, "fused_gate: top_k must be in [1, ", E,
                 "], got ", spec.top_k);
-  if (grouped(spec)) {
+  if (is_grouped(spec)) {
     MOETRON_CHECK(E % spec.n_group == 0, "fused_gate: n_group ", spec.n_group, " must divide the ",
                   E, " experts");
     MOETRON_CHECK(spec.topk_group >= 1 && spec.topk_group <= spec.n_group,
@@ -89,7 +85,7 @@ FusedGateOutput gate_reference(const torch::Tensor& logits, const torch::Tensor&
   auto logits_TE = logits.to(dtype);
   auto scores_TE = score(logits_TE, spec);
   auto choice_TE = bias_E.defined() ? scores_TE + bias_E.to(dtype) : scores_TE;
-  if (grouped(spec)) {
+  if (is_grouped(spec)) {
     auto choice_TGS = choice_TE.view({T, G, E / G});
     torch::Tensor group_TG;
     if (spec.method == GateTopk::kNoauxTc) {
@@ -109,10 +105,6 @@ FusedGateOutput gate_reference(const torch::Tensor& logits, const torch::Tensor&
   auto idx_N = topk_idx_TK.reshape(-1);
   auto counts_E = torch::zeros({E}, idx_N.options()).index_add_(0, idx_N, torch::ones_like(idx_N));
   return {topk_idx_TK, combine_weights(scores_TE, topk_idx_TK, spec), scores_TE, counts_E};
-}
-
-bool uses_cpu_selection(const torch::Tensor& logits_TE) {
-  return cpu::gate_select_supported(logits_TE);
 }
 
 // fp32 CPU: the reference's scores and weights, the selection one token per iteration
@@ -152,8 +144,8 @@ FusedGateOutput gate_cuda(const torch::Tensor& logits_TE, const torch::Tensor& b
   p.num_tokens = T;
   p.n_experts = static_cast<int>(E);
   p.top_k = static_cast<int>(K);
-  p.n_group = grouped(spec) ? static_cast<int>(spec.n_group) : 1;
-  p.topk_group = grouped(spec) ? static_cast<int>(spec.topk_group) : 1;
+  p.n_group = is_grouped(spec) ? static_cast<int>(spec.n_group) : 1;
+  p.topk_group = is_grouped(spec) ? static_cast<int>(spec.topk_group) : 1;
   p.scoring = spec.scoring == GateScoring::kSigmoid ? kernels::GateScoring::kSigmoid
                                                     : kernels::GateScoring::kSoftmax;
   p.group_score =
@@ -184,7 +176,7 @@ struct FusedGateFn : public torch::autograd::Function<FusedGateFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& logits_TE,
                                const SelectionBias& bias, const GateSpec& spec, Impl impl) {
     // fp32 CPU: the selection one token per iteration (gate_cpu), the same outputs.
-    const bool cpu_loops = impl == Impl::kReference && uses_cpu_selection(logits_TE);
+    const bool cpu_loops = impl == Impl::kReference && cpu::gate_select_supported(logits_TE);
     auto out = cpu_loops ? gate_cpu(logits_TE, bias.bias_E, spec)
                          : fused_gate_forward(logits_TE, bias.bias_E, spec, impl);
     ctx->mark_non_differentiable({out.topk_idx_TK, out.counts_E});
@@ -216,6 +208,10 @@ struct FusedGateFn : public torch::autograd::Function<FusedGateFn> {
 
 }  // namespace
 
+bool is_grouped(const GateSpec& spec) {
+  return spec.method != GateTopk::kGreedy && spec.n_group > 1;
+}
+
 void check_cuda_gate_supports(int64_t n_experts, const GateSpec& spec) {
   if (!cuda_kernels_built()) detail::throw_no_cuda_kernels("kernels.gate");
 #if MOETRON_HAVE_CUDA_KERNELS
@@ -226,7 +222,7 @@ void check_cuda_gate_supports(int64_t n_experts, const GateSpec& spec) {
   MOETRON_CHECK_CONFIG(spec.top_k <= kernels::kFusedGateMaxTopK,
                        "kernels.gate: cuda supports num_experts_per_tok <= ",
                        kernels::kFusedGateMaxTopK, ", got ", spec.top_k, use_ref);
-  if (grouped(spec)) {
+  if (is_grouped(spec)) {
     MOETRON_CHECK_CONFIG(spec.n_group <= kernels::kFusedGateMaxGroups,
                          "kernels.gate: cuda supports n_group <= ", kernels::kFusedGateMaxGroups,
                          ", got ", spec.n_group, use_ref);

@@ -25,6 +25,10 @@ struct GateSpec {
   double routed_scaling_factor = 1.0;
 };
 
+// Whether the rule limits the choice to the best groups (noaux_tc and group_limited_greedy with
+// n_group > 1); greedy ignores groups.
+bool is_grouped(const GateSpec& spec);
+
 struct FusedGateOutput {
   torch::Tensor topk_idx_TK;     // int64 [T, K], descending selection score (s + bias)
   torch::Tensor topk_weight_TK;  // fp32 [T, K] from the unbiased s, normalised/scaled
