@@ -189,14 +189,12 @@ CausalAttentionForward causal_attention_forward(const torch::Tensor& q_GTK,
         const int64_t rows = std::min(kRows, s.T - i0), keys = i0 + rows, n = round_up(keys);
         load_rows(qg, s.K, i0, rows, fscale, qb.data(), s.Kp);
         block_product(qb.data(), s.Kp, 1, s.K, kt.data(), s.Tp, n, sc.data(), s.Tp);
-        for (int64_t r = 0; r < kRows; ++r) {
-          float* row = sc.data() + r * s.Tp;
-          if (r >= rows) {
-            std::fill(row, row + n, 0.0f);
-            continue;
-          }
+        // Rows past T (a short last block) hold scores of zero queries; their outputs are
+        // dropped below.
+        for (int64_t r = 0; r < rows; ++r) {
           const int64_t t = i0 + r;
-          softmax_row(row, t, n, mask != nullptr ? mask + t * s.T : nullptr, pg + triangle(t));
+          softmax_row(sc.data() + r * s.Tp, t, n, mask != nullptr ? mask + t * s.T : nullptr,
+                      pg + triangle(t));
         }
         block_product(sc.data(), s.Tp, 1, keys, vp.data(), s.Vp, s.Vp, ob.data(), s.Vp);
         for (int64_t r = 0; r < rows; ++r) {
